@@ -1,0 +1,90 @@
+"""Blob codec: orjson, optionally lz4-framed, behind a 4-byte versioned header. Pure.
+
+Layout of every blob aioworkflow stores (DAGs, results)::
+
+    byte 0-1  MAGIC  b"\\xa7w"   never the first bytes of JSON text
+    byte 2    VERSION            bumped when the layout below changes
+    byte 3    FLAGS              bit 0: body is an lz4 frame (with content checksum)
+    byte 4-   body               orjson bytes, or an lz4 frame of them
+
+Small bodies are stored raw: lz4 only pays off above ``COMPRESS_MIN`` bytes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lz4.frame
+import orjson
+
+from .errors import DecodeError
+
+__all__ = ["COMPRESS_MIN", "MAGIC", "VERSION", "dumps_json", "pack", "unpack"]
+
+#: Leading bytes of every blob; 0xA7 is not valid UTF-8 as a first byte, so never JSON text.
+MAGIC = b"\xa7w"
+#: Layout version written by this release; older readers reject newer blobs.
+VERSION = 1
+#: Bodies shorter than this are stored raw: an lz4 frame costs about 15 bytes of overhead.
+COMPRESS_MIN = 128
+#: Refuse to inflate beyond this (a corrupt or hostile frame must not exhaust memory).
+MAX_INFLATED = 1 << 30
+
+_FLAG_LZ4 = 0x01
+
+
+def dumps_json(obj: Any) -> bytes:
+    """orjson with the options aioworkflow always uses (non-string dict keys allowed)."""
+    return orjson.dumps(obj, option=orjson.OPT_NON_STR_KEYS)
+
+
+def pack(obj: Any, *, compress: bool | None = None) -> bytes:
+    """Encode ``obj`` as a blob.
+
+    Args:
+        obj: anything orjson encodes.
+        compress: force lz4 on or off; by default compress bodies of ``COMPRESS_MIN`` bytes or more.
+
+    Raises:
+        TypeError: ``obj`` holds a value orjson cannot encode (callers translate it).
+    """
+    body = dumps_json(obj)
+    if compress is None:
+        compress = len(body) >= COMPRESS_MIN
+    if compress:
+        frame = lz4.frame.compress(body, content_checksum=True, store_size=True)
+        return MAGIC + bytes((VERSION, _FLAG_LZ4)) + frame
+    return MAGIC + bytes((VERSION, 0)) + body
+
+
+def unpack(data: bytes) -> Any:
+    """Decode a blob written by :func:`pack`.
+
+    Raises:
+        DecodeError: not a blob, unknown version or flags, corrupt frame, or invalid JSON.
+    """
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise DecodeError(f"expected bytes, got {type(data).__name__}")
+    data = bytes(data)
+    if len(data) < 4 or data[:2] != MAGIC:
+        raise DecodeError("not an aioworkflow blob (bad magic)", data[:64])
+    version, flags = data[2], data[3]
+    if version != VERSION:
+        raise DecodeError(f"unknown blob version {version} (this release reads {VERSION})", data[:64])
+    if flags & ~_FLAG_LZ4:
+        raise DecodeError(f"unknown blob flags {flags:#x}", data[:64])
+    body = data[4:]
+    if flags & _FLAG_LZ4:
+        try:
+            size = lz4.frame.get_frame_info(body).get("content_size") or 0
+            if size > MAX_INFLATED:
+                raise DecodeError(f"blob inflates to {size} bytes, over the limit", data[:64])
+            body = lz4.frame.decompress(body)
+        except DecodeError:
+            raise
+        except Exception as exc:  # lz4 raises RuntimeError and friends
+            raise DecodeError(f"corrupt lz4 frame: {exc}", data[:64]) from exc
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise DecodeError(f"corrupt JSON body: {exc}", data[:64]) from exc

@@ -1,0 +1,126 @@
+"""The exception tree of aioworkflow.
+
+Every error aioworkflow raises on purpose derives from :class:`AioWorkflowError`, so one
+``except AioWorkflowError`` catches them all. Where a caller would naturally catch a standard
+exception, the class mixes it in (``GraphError`` is a ``ValueError``, ``WorkflowTimeout`` a
+``TimeoutError``, ``WorkflowNotFound`` a ``LookupError``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "AioWorkflowError",
+    "DecodeError",
+    "GraphError",
+    "InvalidTransition",
+    "ResultTooLarge",
+    "ScriptError",
+    "StoreConnectionError",
+    "StoreError",
+    "WorkflowCancelled",
+    "WorkflowFailed",
+    "WorkflowNotFound",
+    "WorkflowTimeout",
+]
+
+
+class AioWorkflowError(Exception):
+    """Root of every error raised by aioworkflow."""
+
+
+class GraphError(AioWorkflowError, ValueError):
+    """A canvas cannot be compiled.
+
+    Raised by the canvas builders (``Chain``, ``Group``, ``WithDelay``, ``Graph.add``) and by
+    ``compile()`` before anything is stored: a leaf that is not a dramatiq message, a bad delay,
+    a cycle, an edge to an unknown node, a node reference from another graph, or an argument
+    that cannot be encoded as JSON. The message names the offending step.
+    """
+
+
+class DecodeError(AioWorkflowError):
+    """Stored bytes (a DAG blob, a stored result) cannot be decoded.
+
+    Raised by ``Dag.decode`` and the result codec for truncated, corrupt or unknown-version data.
+    ``data`` keeps the offending bytes; ``__cause__`` keeps the underlying error.
+    """
+
+    def __init__(self, message: str, data: bytes = b"") -> None:
+        super().__init__(message)
+        self.data = data
+
+
+class StoreError(AioWorkflowError):
+    """The workflow store failed (raised by ``RedisStore`` and ``MemoryStore`` operations)."""
+
+
+class StoreConnectionError(StoreError, ConnectionError):
+    """The store's server could not be reached or dropped the connection."""
+
+
+class ScriptError(StoreError):
+    """A Lua script of the store failed on the server (a bug or a foreign key type)."""
+
+
+class InvalidTransition(StoreError):
+    """A control operation does not apply to the workflow's current state.
+
+    Raised by ``handle.pause()`` and friends only when the caller asked for strictness; by
+    default those calls return a :class:`~aioworkflow.Transition` that says what happened.
+    """
+
+
+class WorkflowNotFound(AioWorkflowError, LookupError):
+    """No workflow with this id exists in the store (never created, or expired)."""
+
+
+class WorkflowTimeout(AioWorkflowError, TimeoutError):
+    """``handle.wait()`` or ``handle.result()`` ran out of time before the workflow ended."""
+
+
+class WorkflowFailed(AioWorkflowError):
+    """The workflow ended in the FAILED state.
+
+    Raised by ``handle.result()``. Carries the failed node's index, actor name, exception type
+    and message as recorded by the worker.
+    """
+
+    def __init__(
+        self,
+        workflow_id: str,
+        *,
+        node: int | None = None,
+        actor: str | None = None,
+        exc_type: str | None = None,
+        exc_message: str | None = None,
+    ) -> None:
+        detail = f"node {node} ({actor}) raised {exc_type}: {exc_message}"
+        super().__init__(f"workflow {workflow_id} failed: {detail}")
+        self.workflow_id = workflow_id
+        self.node = node
+        self.actor = actor
+        self.exc_type = exc_type
+        self.exc_message = exc_message
+
+
+class WorkflowCancelled(AioWorkflowError):
+    """The workflow was cancelled; raised by ``handle.result()``."""
+
+    def __init__(self, workflow_id: str) -> None:
+        super().__init__(f"workflow {workflow_id} was cancelled")
+        self.workflow_id = workflow_id
+
+
+class ResultTooLarge(AioWorkflowError):
+    """A node's result exceeds the store's result size cap.
+
+    Raised on the worker; the node fails with this error so the workflow reports it.
+    """
+
+    def __init__(self, size: int, limit: int, **extra: Any) -> None:
+        super().__init__(f"result of {size} bytes exceeds the cap of {limit} bytes")
+        self.size = size
+        self.limit = limit
+        self.extra = extra
