@@ -12,6 +12,7 @@ from typing import Any
 
 __all__ = [
     "AioWorkflowError",
+    "ConfigurationError",
     "DecodeError",
     "GraphError",
     "InvalidTransition",
@@ -20,6 +21,7 @@ __all__ = [
     "StoreConnectionError",
     "StoreError",
     "WorkflowCancelled",
+    "WorkflowExists",
     "WorkflowFailed",
     "WorkflowNotFound",
     "WorkflowTimeout",
@@ -70,6 +72,14 @@ class InvalidTransition(StoreError):
     Raised by ``handle.pause()`` and friends only when the caller asked for strictness; by
     default those calls return a :class:`~aioworkflow.Transition` that says what happened.
     """
+
+
+class ConfigurationError(AioWorkflowError):
+    """aioworkflow is not set up: no ``WorkflowMiddleware`` on the broker, no store, and so on."""
+
+
+class WorkflowExists(StoreError):
+    """``run()`` was given an ``id=`` that a stored workflow already uses; nothing was written."""
 
 
 class WorkflowNotFound(AioWorkflowError, LookupError):

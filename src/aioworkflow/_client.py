@@ -1,0 +1,388 @@
+"""The client: ``Workflow`` and its handles. Async first; the sync twin runs it on a portal.
+
+Nothing here blocks the event loop: compiling and encoding run in a worker thread (a 100,000
+node canvas takes a good fraction of a second), Redis is spoken with redis.asyncio, and the
+only blocking dramatiq call (``broker.enqueue`` in ready mode) runs in a worker thread too.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import TYPE_CHECKING, Any, TypeVar, final
+
+import anyio
+import anyio.from_thread
+import anyio.to_thread
+import dramatiq
+import orjson
+
+from . import _codec
+from ._compiler import compile as compile_canvas
+from ._dag import Dag, ResultSpec, spec_nodes
+from ._dramatiq import as_callback, direct_mode, enqueue_released, find_store, queue_keys_for
+from ._graph import Step, _check_step
+from ._keys import queue_keys
+from ._plan import build_upload
+from ._status import Event, State, Transition, WorkflowStatus
+from ._store._base import Loaded
+from .errors import (
+    ConfigurationError,
+    WorkflowCancelled,
+    WorkflowFailed,
+    WorkflowNotFound,
+    WorkflowTimeout,
+)
+
+if TYPE_CHECKING:
+    from ._store._base import StoreBackend
+
+__all__ = ["SyncWorkflowHandle", "Workflow", "WorkflowHandle"]
+
+T = TypeVar("T")
+
+
+def _int(meta: dict[str, str], key: str) -> int | None:
+    value = meta.get(key)
+    return int(value) if value not in (None, "") else None
+
+
+def status_from_meta(workflow_id: str, meta: dict[str, str], running: int) -> WorkflowStatus:
+    """Build a WorkflowStatus from a stored meta hash."""
+    return WorkflowStatus(
+        id=workflow_id,
+        state=State(meta["state"]),
+        total=int(meta.get("total", 0)),
+        succeeded=int(meta.get("ok", 0)),
+        failed=int(meta.get("nf", 0)),
+        running=running,
+        created_at=_int(meta, "created"),
+        started_at=_int(meta, "started"),
+        finished_at=_int(meta, "finished"),
+        failed_node=_int(meta, "fnode"),
+        failed_actor=meta.get("factor"),
+        exc_type=meta.get("fexc"),
+        exc_message=meta.get("fmsg"),
+    )
+
+
+def _resolve(broker: dramatiq.Broker | None, store: StoreBackend | None) -> tuple[dramatiq.Broker, StoreBackend]:
+    broker = broker or dramatiq.get_broker()
+    store = store or find_store(broker)
+    if store is None:
+        raise ConfigurationError(
+            "no workflow store: add WorkflowMiddleware(store) to the broker, or pass store="
+        )
+    return broker, store
+
+
+@final
+class Workflow:
+    """A canvas to run, with optional callbacks.
+
+    Args:
+        canvas: a message, ``Chain``, ``Group``, ``WithDelay`` or ``Graph``.
+        on_success: a dramatiq message enqueued once when the last node succeeds.
+        on_failure: a dramatiq message enqueued once when a node fails for good.
+        id: the workflow id (default: a fresh random id).
+
+    Both callbacks receive the workflow id appended as their last positional argument, so
+    ``notify.message("done")`` is called as ``notify("done", workflow_id)``.
+    """
+
+    def __init__(
+        self,
+        canvas: Step,
+        *,
+        on_success: Any = None,
+        on_failure: Any = None,
+        id: str | None = None,  # noqa: A002 - the public name
+    ) -> None:
+        _check_step(canvas, "Workflow")
+        for name, cb in (("on_success", on_success), ("on_failure", on_failure)):
+            if cb is not None:
+                _check_step(cb, name)
+        self.canvas = canvas
+        self.on_success = on_success
+        self.on_failure = on_failure
+        self.id = id
+
+    def compile(self) -> Dag:
+        """Compile the canvas (pure; raises GraphError)."""
+        return compile_canvas(self.canvas)
+
+    async def run(
+        self, *, broker: dramatiq.Broker | None = None, store: StoreBackend | None = None
+    ) -> WorkflowHandle:
+        """Compile, store and start the workflow.
+
+        Args:
+            broker: defaults to dramatiq's global broker.
+            store: defaults to the store of the broker's ``WorkflowMiddleware``.
+
+        Raises:
+            GraphError: the canvas does not compile (nothing is stored).
+            WorkflowExists: ``id`` is taken (nothing is changed).
+            StoreError: the store failed.
+        """
+        broker, store = _resolve(broker, store)
+        workflow_id = self.id or uuid.uuid4().hex
+
+        def prepare() -> tuple[Loaded, Any, list[str]]:
+            dag = compile_canvas(self.canvas)
+            direct = direct_mode(store, broker)
+            upload = build_upload(
+                workflow_id,
+                dag,
+                direct=direct,
+                on_success=as_callback(self.on_success),
+                on_failure=as_callback(self.on_failure),
+                retention_ms=store.retention_ms,
+                now_ms=int(time.time() * 1000),
+            )
+            keys = queue_keys(getattr(broker, "namespace", "dramatiq"), upload.slots) if direct else []
+            callbacks = {k: orjson.loads(str(upload.meta[f"cb_{k}"])) for k in "sf" if f"cb_{k}" in upload.meta}
+            loaded = Loaded(dag, "d" if direct else "r", upload.slots, callbacks)
+            return loaded, upload, keys
+
+        loaded, upload, keys = await anyio.to_thread.run_sync(prepare)
+        started = await store.aio().submit(workflow_id, upload, keys)
+        handle = WorkflowHandle(workflow_id, broker=broker, store=store)
+        handle._cache = loaded
+        if loaded.mode == "r" and started.released:
+            await anyio.to_thread.run_sync(enqueue_released, broker, workflow_id, loaded, started.released)
+        return handle
+
+    def run_sync(
+        self, *, broker: dramatiq.Broker | None = None, store: StoreBackend | None = None
+    ) -> SyncWorkflowHandle:
+        """``run()`` for sync code: blocks until the workflow is stored and started."""
+        handle = _portal_call(lambda: self.run(broker=broker, store=store))
+        return SyncWorkflowHandle(handle)
+
+
+@final
+class WorkflowHandle:
+    """A running or finished workflow. Re-attach from anywhere with ``WorkflowHandle(id)``.
+
+    Args:
+        id: the workflow id.
+        broker: defaults to dramatiq's global broker.
+        store: defaults to the store of the broker's ``WorkflowMiddleware``.
+    """
+
+    def __init__(
+        self,
+        id: str,  # noqa: A002 - the public name
+        *,
+        broker: dramatiq.Broker | None = None,
+        store: StoreBackend | None = None,
+    ) -> None:
+        self.id = id
+        self.broker, self.store = _resolve(broker, store)
+        self._cache: Loaded | None = None
+
+    def __repr__(self) -> str:
+        return f"<WorkflowHandle {self.id}>"
+
+    async def _loaded(self) -> Loaded:
+        if self._cache is None:
+            loaded = await self.store.aio().load(self.id)
+            if loaded is None:
+                raise WorkflowNotFound(self.id)
+            self._cache = loaded
+        return self._cache
+
+    async def status(self) -> WorkflowStatus:
+        """The workflow's current state and counts.
+
+        Raises:
+            WorkflowNotFound: no such workflow (never created, or expired).
+        """
+        found = await self.store.aio().meta(self.id)
+        if found is None:
+            raise WorkflowNotFound(self.id)
+        return status_from_meta(self.id, *found)
+
+    async def wait(self, timeout: float | None = None) -> WorkflowStatus:
+        """Wait until the workflow is SUCCEEDED, FAILED or CANCELLED; woken by its events.
+
+        Raises:
+            WorkflowTimeout: ``timeout`` seconds passed first.
+            WorkflowNotFound: no such workflow.
+        """
+        aio = self.store.aio()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        last = await aio.last_event_id(self.id)
+        status = await self.status()
+        while not status.done:
+            remaining = 5.0 if deadline is None else min(5.0, deadline - time.monotonic())
+            if remaining <= 0:
+                raise WorkflowTimeout(f"workflow {self.id} still {status.state} after {timeout} s")
+            events = await aio.events(self.id, last, block_ms=max(1, int(remaining * 1000)))
+            if events:
+                last = events[-1].id
+                if not any(e.kind == "state" for e in events):
+                    continue
+            status = await self.status()
+        return status
+
+    async def result(self, timeout: float | None = None) -> Any:
+        """Wait for the workflow and return its result (see ``Chain(pipe=True)``).
+
+        Raises:
+            WorkflowFailed: a node failed for good (details on the exception).
+            WorkflowCancelled: the workflow was cancelled.
+            WorkflowTimeout: ``timeout`` passed first.
+        """
+        status = await self.wait(timeout)
+        if status.state is State.FAILED:
+            raise WorkflowFailed(
+                self.id,
+                node=status.failed_node,
+                actor=status.failed_actor,
+                exc_type=status.exc_type,
+                exc_message=status.exc_message,
+            )
+        if status.state is State.CANCELLED:
+            raise WorkflowCancelled(self.id)
+        loaded = await self._loaded()
+        nodes = spec_nodes(loaded.dag.result)
+        blobs = await self.store.aio().results(self.id, nodes)
+        values = {n: None if b is None else _codec.unpack(b) for n, b in zip(nodes, blobs, strict=True)}
+        return _assemble(loaded.dag.result, values)
+
+    async def events(self, *, follow: bool = True) -> AsyncIterator[Event]:
+        """Node and workflow events in order, from the start; with ``follow``, until it ends."""
+        aio = self.store.aio()
+        last = "0"
+        while True:
+            batch = await aio.events(self.id, last, block_ms=1000 if follow else None)
+            for event in batch:
+                last = event.id
+                yield event
+            if not batch:
+                if not follow or (await self.status()).done:
+                    with contextlib.suppress(WorkflowNotFound):
+                        for event in await aio.events(self.id, last, block_ms=None):
+                            yield event
+                    return
+
+    async def _control(self, op: str) -> Transition:
+        loaded = await self._loaded()
+        keys = queue_keys_for(self.broker, loaded)
+        done = await self.store.aio().control(op, self.id, keys)
+        if done.status == -1 or done.state is None:
+            raise WorkflowNotFound(self.id)
+        if loaded.mode == "r" and done.released:
+            await anyio.to_thread.run_sync(enqueue_released, self.broker, self.id, loaded, done.released)
+        return Transition(changed=done.status == 1, state=done.state, released=len(done.released))
+
+    async def cancel(self) -> Transition:
+        """Cancel: nothing further is released, queued deliveries are skipped."""
+        return await self._control("cancel")
+
+    async def pause(self) -> Transition:
+        """Pause a RUNNING workflow: nothing new starts until ``resume()``."""
+        return await self._control("pause")
+
+    async def resume(self) -> Transition:
+        """Resume a PAUSED workflow, releasing what was held, exactly once."""
+        return await self._control("resume")
+
+    async def retry(self) -> Transition:
+        """Re-run the failed nodes of a FAILED workflow and carry on."""
+        return await self._control("retry")
+
+
+def _assemble(spec: ResultSpec, values: dict[int, Any]) -> Any:
+    if isinstance(spec, int):
+        return values.get(spec)
+    if isinstance(spec, list):
+        return [_assemble(s, values) for s in spec]
+    return None
+
+
+# -- sync twin -------------------------------------------------------------------------------
+_portal_lock = threading.Lock()
+_portal_cm: contextlib.AbstractContextManager[anyio.from_thread.BlockingPortal] | None = None
+_portal: anyio.from_thread.BlockingPortal | None = None
+
+
+def _close_portal() -> None:
+    global _portal, _portal_cm
+    if _portal_cm is not None:
+        _portal_cm.__exit__(None, None, None)
+    _portal = _portal_cm = None
+
+
+def _portal_call(fn: Callable[[], Awaitable[T]]) -> T:
+    """Run an async client call from sync code on a shared background event loop."""
+    global _portal, _portal_cm
+    with _portal_lock:
+        if _portal is None:
+            _portal_cm = anyio.from_thread.start_blocking_portal()
+            _portal = _portal_cm.__enter__()
+            atexit.register(_close_portal)
+        portal = _portal
+
+    async def call() -> T:
+        return await fn()
+
+    return portal.call(call)
+
+
+@final
+class SyncWorkflowHandle:
+    """The blocking twin of :class:`WorkflowHandle`, for sync code."""
+
+    def __init__(self, handle: WorkflowHandle) -> None:
+        self.handle = handle
+        self.id = handle.id
+
+    @classmethod
+    def attach(
+        cls, id: str, *, broker: dramatiq.Broker | None = None, store: StoreBackend | None = None  # noqa: A002
+    ) -> SyncWorkflowHandle:
+        """Re-attach to a workflow by id."""
+        return cls(WorkflowHandle(id, broker=broker, store=store))
+
+    def status(self) -> WorkflowStatus:
+        """See :meth:`WorkflowHandle.status`."""
+        return _portal_call(self.handle.status)
+
+    def wait(self, timeout: float | None = None) -> WorkflowStatus:
+        """See :meth:`WorkflowHandle.wait`."""
+        return _portal_call(lambda: self.handle.wait(timeout))
+
+    def result(self, timeout: float | None = None) -> Any:
+        """See :meth:`WorkflowHandle.result`."""
+        return _portal_call(lambda: self.handle.result(timeout))
+
+    def cancel(self) -> Transition:
+        """See :meth:`WorkflowHandle.cancel`."""
+        return _portal_call(self.handle.cancel)
+
+    def pause(self) -> Transition:
+        """See :meth:`WorkflowHandle.pause`."""
+        return _portal_call(self.handle.pause)
+
+    def resume(self) -> Transition:
+        """See :meth:`WorkflowHandle.resume`."""
+        return _portal_call(self.handle.resume)
+
+    def retry(self) -> Transition:
+        """See :meth:`WorkflowHandle.retry`."""
+        return _portal_call(self.handle.retry)
+
+    def events(self) -> Iterator[Event]:
+        """All events so far (not following)."""
+
+        async def collect() -> list[Event]:
+            return [e async for e in self.handle.events(follow=False)]
+
+        return iter(_portal_call(collect))

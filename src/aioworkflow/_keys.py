@@ -1,0 +1,33 @@
+"""Every Redis key name aioworkflow uses. Pure.
+
+All keys of one workflow share the hash tag ``{<workflow id>}`` so that each script touches a
+single Redis Cluster slot. The order of ``PARTS`` is the KEYS order every Lua script expects
+(documented in ``lua/_lib.lua``).
+"""
+
+from __future__ import annotations
+
+__all__ = ["ACTIVE", "PARTS", "PREFIX", "queue_keys", "workflow_keys"]
+
+#: Prefix of every key aioworkflow writes.
+PREFIX = "aiowf"
+#: Per-workflow key parts, in the KEYS order of the Lua scripts.
+PARTS = (
+    "meta", "cnt", "off", "succ", "done", "tpl", "ready", "held", "res", "ev", "claims",
+    "failed", "dag",
+)  # fmt: skip
+#: Sorted set of workflows the reconciler looks at (score: submit time in ms).
+ACTIVE = f"{PREFIX}:active"
+
+
+def workflow_keys(workflow_id: str) -> list[str]:
+    """The 13 keys of a workflow, in script KEYS order."""
+    return [f"{PREFIX}:{{{workflow_id}}}:{part}" for part in PARTS]
+
+
+def queue_keys(namespace: str, slots: list[str]) -> list[str]:
+    """dramatiq RedisBroker keys for each queue slot: the id list, then the message hash."""
+    out: list[str] = []
+    for queue in slots:
+        out += [f"{namespace}:{queue}", f"{namespace}:{queue}.msgs"]
+    return out

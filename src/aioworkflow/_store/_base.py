@@ -1,0 +1,131 @@
+"""The two driver interfaces every store provides, and what they share.
+
+``Store`` (sync) serves the middleware in dramatiq's worker threads; ``AsyncStore`` serves the
+client in the user's event loop. A backend (``RedisStore``, ``MemoryStore``) hands out both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol, final
+
+from .._dag import Dag
+from .._plan import Claim, Completion, Upload
+
+if TYPE_CHECKING:
+    from .._status import Event
+
+__all__ = ["AsyncStore", "Loaded", "Store", "StoreBackend"]
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class Loaded:
+    """What a worker or client needs to know about a stored workflow (cached per process)."""
+
+    dag: Dag
+    #: "d": scripts enqueue into dramatiq's Redis queues themselves; "r": ready set.
+    mode: str
+    slots: list[str]
+    callbacks: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+class Store(Protocol):
+    """Sync driver: the operations a worker performs, one script call each."""
+
+    def load(self, workflow_id: str) -> Loaded | None:
+        """Fetch and decode a workflow's DAG and dispatch settings (None: no such workflow)."""
+        ...
+
+    def claim(
+        self, workflow_id: str, node: int | str, message_id: str, pipe_nodes: Sequence[int]
+    ) -> Claim:
+        """Run ``claim.lua`` for a delivery about to start."""
+        ...
+
+    def complete(
+        self, workflow_id: str, node: int, result: bytes | None, queue_keys: list[str]
+    ) -> Completion:
+        """Run ``complete.lua``; ``result`` is stored when not None."""
+        ...
+
+    def fail(
+        self,
+        workflow_id: str,
+        node: int,
+        info: tuple[str, str, str],
+        queue_keys: list[str],
+    ) -> Completion:
+        """Run ``fail.lua`` with (actor, exception type, exception message)."""
+        ...
+
+    def reconcile(
+        self, workflow_id: str, age_ms: int, limit: int, queue_keys: list[str]
+    ) -> Completion:
+        """Run ``reconcile.lua``."""
+        ...
+
+    def active(self, limit: int) -> list[str]:
+        """Ids of workflows the reconciler should look at, oldest first."""
+        ...
+
+    def forget(self, workflow_id: str) -> None:
+        """Drop a workflow from the reconciler's index."""
+        ...
+
+
+class AsyncStore(Protocol):
+    """Async driver: the operations of the client."""
+
+    async def submit(self, workflow_id: str, upload: Upload, queue_keys: list[str]) -> Completion:
+        """Store a new workflow and start it (raises WorkflowExists for a taken id)."""
+        ...
+
+    async def meta(self, workflow_id: str) -> tuple[dict[str, str], int] | None:
+        """The workflow's meta hash and its count of running nodes (None: no such workflow)."""
+        ...
+
+    async def control(self, op: str, workflow_id: str, queue_keys: list[str]) -> Completion:
+        """Run one of the control scripts: cancel, pause, resume, retry."""
+        ...
+
+    async def load(self, workflow_id: str) -> Loaded | None:
+        """As :meth:`Store.load`."""
+        ...
+
+    async def results(self, workflow_id: str, nodes: Sequence[int]) -> list[bytes | None]:
+        """Stored result blobs of ``nodes`` (None where missing)."""
+        ...
+
+    async def events(
+        self, workflow_id: str, after: str, block_ms: int | None, count: int = 1000
+    ) -> list[Event]:
+        """Events after id ``after`` ("0" for all); block up to ``block_ms`` when there are none."""
+        ...
+
+    async def last_event_id(self, workflow_id: str) -> str:
+        """Id of the newest event, "0" if none."""
+        ...
+
+
+class StoreBackend(Protocol):
+    """A store as users configure it: hands out the two drivers."""
+
+    #: Milliseconds a finished workflow's keys are kept.
+    retention_ms: int
+    #: Largest stored result in bytes; a bigger one fails its node with ResultTooLarge.
+    result_limit: int
+
+    @property
+    def sync(self) -> Store:
+        """The sync driver (for worker threads)."""
+        ...
+
+    def aio(self) -> AsyncStore:
+        """The async driver bound to the running event loop."""
+        ...
+
+    def direct_enqueue_possible(self, broker: Any) -> bool:
+        """Whether scripts can push into this dramatiq broker's queues atomically."""
+        ...

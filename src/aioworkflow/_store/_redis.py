@@ -1,0 +1,309 @@
+"""RedisStore: the Lua scripts run by a sync (redis-py) and an async (redis.asyncio) driver."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import secrets
+import time
+import weakref
+from collections.abc import Iterator, Sequence
+from typing import Any, final
+
+import orjson
+import redis
+import redis.asyncio
+import redis.asyncio.cluster
+import redis.cluster
+
+from .. import _keys
+from .._dag import Dag
+from .._plan import Claim, Completion, Upload, parse_claim, parse_completion
+from .._status import Event, State
+from ..errors import (
+    DecodeError,
+    ScriptError,
+    StoreConnectionError,
+    StoreError,
+    WorkflowExists,
+)
+from ._base import Loaded
+from ._scripts import SOURCES, ScriptName
+
+__all__ = ["RedisStore"]
+
+#: Roots released per start-script call: keeps each call short on a 100,000-root workflow.
+ROOT_CHUNK = 2000
+#: Template fields written per HSET when storing a workflow.
+TEMPLATE_CHUNK = 2000
+
+_DAG = _keys.PARTS.index("dag")
+_EVENT_KINDS = {b"ok": "node_succeeded", b"fail": "node_failed", b"state": "state"}
+
+
+@contextlib.contextmanager
+def map_exceptions() -> Iterator[None]:
+    """Translate redis-py errors into the aioworkflow tree, once, at the store boundary."""
+    try:
+        yield
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        raise StoreConnectionError(str(exc)) from exc
+    except redis.ResponseError as exc:
+        raise ScriptError(str(exc)) from exc
+    except redis.RedisError as exc:
+        raise StoreError(str(exc)) from exc
+
+
+def _json(raw: bytes) -> Any:
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise DecodeError(f"corrupt workflow meta field: {exc}", raw[:64]) from exc
+
+
+def _loaded(
+    blob: bytes | None, mode: bytes | None, slots: bytes | None, cbs: list[bytes | None]
+) -> Loaded | None:
+    if blob is None or mode is None:
+        return None
+    callbacks = {k: _json(v) for k, v in zip("sf", cbs, strict=True) if v}
+    return Loaded(Dag.decode(blob), mode.decode(), _json(slots or b"[]"), callbacks)
+
+
+def _load_cmds(pipe: Any, keys: list[str]) -> None:
+    pipe.get(keys[_DAG])
+    pipe.hmget(keys[0], ["mode", "slots", "cb_s", "cb_f"])
+
+
+class _SyncDriver:
+    """The worker-side driver (redis-py, thread-safe through its connection pool)."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+        self._scripts = {n: client.register_script(src) for n, src in SOURCES.items()}
+
+    def _run(self, name: ScriptName, keys: list[str], args: Sequence[Any]) -> Any:
+        with map_exceptions():
+            return self._scripts[name](keys=keys, args=list(args))
+
+    def load(self, workflow_id: str) -> Loaded | None:
+        keys = _keys.workflow_keys(workflow_id)
+        with map_exceptions():
+            pipe = self._client.pipeline(transaction=False)
+            _load_cmds(pipe, keys)
+            blob, (mode, slots, cb_s, cb_f) = pipe.execute()
+        return _loaded(blob, mode, slots, [cb_s, cb_f])
+
+    def claim(self, workflow_id: str, node: int | str, message_id: str, pipe_nodes: Sequence[int]) -> Claim:
+        keys = _keys.workflow_keys(workflow_id)
+        return parse_claim(self._run(ScriptName.CLAIM, keys, [workflow_id, node, message_id, *pipe_nodes]))
+
+    def complete(self, workflow_id: str, node: int, result: bytes | None, queue_keys: list[str]) -> Completion:
+        keys = _keys.workflow_keys(workflow_id) + queue_keys
+        args = [workflow_id, node, result or b"", 0 if result is None else 1]
+        return parse_completion(self._run(ScriptName.COMPLETE, keys, args), callback=True)
+
+    def fail(self, workflow_id: str, node: int, info: tuple[str, str, str], queue_keys: list[str]) -> Completion:
+        keys = _keys.workflow_keys(workflow_id) + queue_keys
+        reply = self._run(ScriptName.FAIL, keys, [workflow_id, node, *info])
+        return parse_completion(reply, callback=True)
+
+    def reconcile(self, workflow_id: str, age_ms: int, limit: int, queue_keys: list[str]) -> Completion:
+        keys = _keys.workflow_keys(workflow_id) + queue_keys
+        reply = self._run(ScriptName.RECONCILE, keys, [workflow_id, age_ms, limit])
+        return parse_completion(reply, extra=True)
+
+    def active(self, limit: int) -> list[str]:
+        with map_exceptions():
+            ids = [x.decode() for x in self._client.zrange(_keys.ACTIVE, 0, limit - 1)]
+            if ids:  # rotate: the next sweep starts with the workflows not seen for longest
+                now = int(time.time() * 1000)
+                self._client.zadd(_keys.ACTIVE, dict.fromkeys(ids, now), xx=True)
+            return ids
+
+    def forget(self, workflow_id: str) -> None:
+        with map_exceptions():
+            self._client.zrem(_keys.ACTIVE, workflow_id)
+
+
+class _AsyncDriver:
+    """The client-side driver (redis.asyncio), bound to one event loop."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+        self._scripts = {n: client.register_script(src) for n, src in SOURCES.items()}
+
+    async def _run(self, name: ScriptName, keys: list[str], args: Sequence[Any]) -> Any:
+        with map_exceptions():
+            return await self._scripts[name](keys=keys, args=list(args))
+
+    async def submit(self, workflow_id: str, upload: Upload, queue_keys: list[str]) -> Completion:
+        keys = _keys.workflow_keys(workflow_id)
+        c = self._client
+        with map_exceptions():
+            if not await c.hsetnx(keys[0], "state", State.PENDING.value):
+                raise WorkflowExists(f"a workflow with id {workflow_id!r} already exists")
+            pipe = c.pipeline(transaction=False)
+            pipe.hset(keys[0], mapping=upload.meta)
+            for part, blob in (("cnt", upload.cnt), ("off", upload.off), ("succ", upload.succ), ("dag", upload.dag)):
+                pipe.set(keys[_keys.PARTS.index(part)], blob)
+            items = list(upload.templates.items())
+            tpl = keys[_keys.PARTS.index("tpl")]
+            for i in range(0, len(items), TEMPLATE_CHUNK):
+                pipe.hset(tpl, mapping=dict(items[i : i + TEMPLATE_CHUNK]))
+            retention = int(upload.meta["ret"])
+            for key in keys:  # an abandoned PENDING upload must not leak; start.lua persists
+                pipe.pexpire(key, retention)
+            await pipe.execute()
+            await c.zadd(_keys.ACTIVE, {workflow_id: int(time.time() * 1000)})
+        roots = list(upload.roots)
+        all_keys = keys + queue_keys
+        first = await self._run(ScriptName.START, all_keys, [workflow_id, "first", *roots[:ROOT_CHUNK]])
+        done = parse_completion(first)
+        released = list(done.released)
+        for i in range(ROOT_CHUNK, len(roots), ROOT_CHUNK):
+            more = await self._run(ScriptName.START, all_keys, [workflow_id, "more", *roots[i : i + ROOT_CHUNK]])
+            released += parse_completion(more).released
+        return Completion(done.status, done.state, tuple(released))
+
+    async def meta(self, workflow_id: str) -> tuple[dict[str, str], int] | None:
+        keys = _keys.workflow_keys(workflow_id)
+        with map_exceptions():
+            pipe = self._client.pipeline(transaction=False)
+            pipe.hgetall(keys[0])
+            pipe.hlen(keys[_keys.PARTS.index("claims")])
+            raw, running = await pipe.execute()
+        if not raw or b"state" not in raw:
+            return None
+        return {k.decode(): v.decode(errors="replace") for k, v in raw.items()}, int(running)
+
+    async def control(self, op: str, workflow_id: str, queue_keys: list[str]) -> Completion:
+        keys = _keys.workflow_keys(workflow_id) + queue_keys
+        done = parse_completion(await self._run(ScriptName(op), keys, [workflow_id]))
+        if done.status == 1 and op in ("resume", "retry"):  # live again: reconcile it
+            with map_exceptions():
+                await self._client.zadd(_keys.ACTIVE, {workflow_id: int(time.time() * 1000)})
+        return done
+
+    async def load(self, workflow_id: str) -> Loaded | None:
+        keys = _keys.workflow_keys(workflow_id)
+        with map_exceptions():
+            pipe = self._client.pipeline(transaction=False)
+            _load_cmds(pipe, keys)
+            blob, (mode, slots, cb_s, cb_f) = await pipe.execute()
+        return _loaded(blob, mode, slots, [cb_s, cb_f])
+
+    async def results(self, workflow_id: str, nodes: Sequence[int]) -> list[bytes | None]:
+        if not nodes:
+            return []
+        key = _keys.workflow_keys(workflow_id)[_keys.PARTS.index("res")]
+        with map_exceptions():
+            return list(await self._client.hmget(key, [str(n) for n in nodes]))
+
+    async def events(self, workflow_id: str, after: str, block_ms: int | None, count: int = 1000) -> list[Event]:
+        key = _keys.workflow_keys(workflow_id)[_keys.PARTS.index("ev")]
+        with map_exceptions():
+            reply = await self._client.xread({key: after}, count=count, block=block_ms)
+        out: list[Event] = []
+        for _stream, entries in reply or []:
+            for eid, fields in entries:
+                node = int(fields[b"n"])
+                out.append(
+                    Event(
+                        id=eid.decode(),
+                        kind=_EVENT_KINDS[fields[b"k"]],  # type: ignore[arg-type]
+                        node=None if node < 0 else node,
+                        state=State(fields[b"s"].decode()),
+                    )
+                )
+        return out
+
+    async def last_event_id(self, workflow_id: str) -> str:
+        key = _keys.workflow_keys(workflow_id)[_keys.PARTS.index("ev")]
+        with map_exceptions():
+            last = await self._client.xrevrange(key, count=1)
+        return last[0][0].decode() if last else "0"
+
+
+@final
+class RedisStore:
+    """Workflow state in Redis (standalone or Redis Cluster).
+
+    Args:
+        url: ``redis://`` URL for both drivers.
+        client: a ``redis.Redis`` (or ``redis.cluster.RedisCluster``) for the worker side;
+            the async side connects with the same parameters.
+        cluster: connect to a Redis Cluster (with ``url``).
+        retention: seconds a finished workflow's keys are kept (default one day).
+        result_limit: largest stored result in bytes (default 1 MiB).
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        client: Any = None,
+        cluster: bool = False,
+        retention: float = 86_400,
+        result_limit: int = 1 << 20,
+    ) -> None:
+        if (url is None) == (client is None):
+            raise StoreError("RedisStore needs exactly one of url= or client=")
+        self.cluster = cluster or isinstance(client, redis.cluster.RedisCluster)
+        if client is None:
+            assert url is not None
+            client = (redis.cluster.RedisCluster if self.cluster else redis.Redis).from_url(url)
+        self.url = url
+        self.retention_ms = int(retention * 1000)
+        self.result_limit = result_limit
+        self._client = client
+        self._sync = _SyncDriver(client)
+        self._aio: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _AsyncDriver] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._direct: dict[int, bool] = {}
+
+    @property
+    def sync(self) -> _SyncDriver:
+        """The sync driver (worker threads)."""
+        return self._sync
+
+    @property
+    def client(self) -> Any:
+        """The sync redis-py client."""
+        return self._client
+
+    def aio(self) -> _AsyncDriver:
+        """The async driver for the running event loop (one connection pool per loop)."""
+        loop = asyncio.get_running_loop()
+        driver = self._aio.get(loop)
+        if driver is None:
+            if self.cluster:
+                nodes = self._client.get_nodes()
+                client: Any = redis.asyncio.cluster.RedisCluster(host=nodes[0].host, port=nodes[0].port)
+            elif self.url is not None:
+                client = redis.asyncio.Redis.from_url(self.url)
+            else:
+                accepted = inspect.signature(redis.asyncio.Redis).parameters
+                kwargs = self._client.connection_pool.connection_kwargs
+                client = redis.asyncio.Redis(**{k: v for k, v in kwargs.items() if k in accepted})
+            driver = self._aio[loop] = _AsyncDriver(client)
+        return driver
+
+    def direct_enqueue_possible(self, broker: Any) -> bool:
+        """Whether ``broker`` is a RedisBroker on this very Redis (probed once with a nonce)."""
+        if self.cluster or not hasattr(broker, "namespace") or not hasattr(broker, "client"):
+            return False
+        known = self._direct.get(id(broker))
+        if known is None:
+            key = f"{_keys.PREFIX}:probe:{secrets.token_hex(8)}"
+            try:
+                with map_exceptions():
+                    self._client.set(key, b"1", px=60_000)
+                    known = broker.client.get(key) == b"1"
+                    self._client.delete(key)
+            except StoreError:
+                known = False
+            self._direct[id(broker)] = known
+        return known
