@@ -126,6 +126,14 @@ class StoreBackend(Protocol):
         """The async driver bound to the running event loop."""
         ...
 
+    async def aclose(self) -> None:
+        """Close the async driver of the running event loop."""
+        ...
+
+    def close(self) -> None:
+        """Close the sync driver."""
+        ...
+
     def direct_enqueue_possible(self, broker: Any) -> bool:
         """Whether scripts can push into this dramatiq broker's queues atomically."""
         ...

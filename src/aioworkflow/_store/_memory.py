@@ -73,6 +73,12 @@ class MemoryStore:
         """An async view of this store."""
         return _AsyncMemory(self)
 
+    async def aclose(self) -> None:
+        """Nothing to close (present for symmetry with RedisStore)."""
+
+    def close(self) -> None:
+        """Nothing to close (present for symmetry with RedisStore)."""
+
     def direct_enqueue_possible(self, broker: Any) -> bool:
         """Never: there is no Redis queue to write into."""
         return False

@@ -291,6 +291,16 @@ class RedisStore:
             driver = self._aio[loop] = _AsyncDriver(client)
         return driver
 
+    async def aclose(self) -> None:
+        """Close the async connection pool of the running event loop (call before it ends)."""
+        driver = self._aio.pop(asyncio.get_running_loop(), None)
+        if driver is not None:
+            await driver._client.aclose()
+
+    def close(self) -> None:
+        """Close the sync connection pool."""
+        self._client.close()
+
     def direct_enqueue_possible(self, broker: Any) -> bool:
         """Whether ``broker`` is a RedisBroker on this very Redis (probed once with a nonce)."""
         if self.cluster or not hasattr(broker, "namespace") or not hasattr(broker, "client"):
