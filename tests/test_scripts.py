@@ -135,6 +135,13 @@ class TestClaim:
         assert store.sync.claim("nope", 0, "m", []).code == ClaimCode.MISSING
 
 
+    async def test_a_stray_copy_of_an_unreleased_node_is_skipped(self, store: RedisStore) -> None:
+        await submit(store, Chain(t.message(0), t.message(1)))
+        assert store.sync.claim(WF, 1, "early", []).code == ClaimCode.UNRELEASED
+        store.sync.complete(WF, 0, None, [])
+        assert store.sync.claim(WF, 1, "early", []).code == ClaimCode.RUN
+
+
 class TestFailAndControl:
     async def test_two_failures_dispatch_on_failure_once_and_retry_releases_them(self, store: RedisStore) -> None:
         await submit(store, Chain(Group(t.message(0), t.message(1)), t.message(2)), callbacks=True)

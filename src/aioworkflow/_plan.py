@@ -216,6 +216,7 @@ class ClaimCode:
     ENDED = 2
     HELD = 3
     DUPLICATE = 4
+    UNRELEASED = 5
     MISSING = -1
 
 

@@ -188,6 +188,8 @@ class MemoryStore:
                 wf.claims.pop(node, None)
                 wf.held.add(node)
                 return Claim(ClaimCode.HELD)
+            if wf.cnt[node] != 0:
+                return Claim(ClaimCode.UNRELEASED)
             prev = wf.claims.get(node)
             if prev is not None and prev != message_id:
                 return Claim(ClaimCode.DUPLICATE)

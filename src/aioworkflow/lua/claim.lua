@@ -6,7 +6,9 @@
 --   code 0: run it (results follow, in ARGV order, nil where missing)
 --        1: the node already completed: skip      2: workflow cancelled/ended: skip
 --        3: workflow paused or failed: the node is held for resume/retry, skip this delivery
---        4: another delivery of this node is in flight: skip     -1: no such workflow
+--        4: another delivery of this node is in flight: skip
+--        5: the node has not been released (predecessors unfinished): a stray copy, skip
+--       -1: no such workflow
 -- A redelivery of the same message (same id: worker crash, dramatiq retry) may run again.
 local state = redis.call('HGET', META, 'state')
 if not state then return {-1} end
@@ -34,6 +36,7 @@ if state == 'PAUSED' or state == 'FAILED' then
     settle(state)
     return {3}
 end
+if redis.call('BITFIELD', CNT, 'GET', 'u32', '#' .. node)[1] ~= 0 then return {5} end
 local prev = redis.call('HGET', CLAIMS, node)
 if prev and prev ~= mid then return {4} end
 redis.call('HSET', CLAIMS, node, mid)
