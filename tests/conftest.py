@@ -15,9 +15,8 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dramatiq
 import pytest
@@ -27,6 +26,9 @@ from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware import AsyncIO
 
 from aioworkflow import MemoryStore, RedisStore, WorkflowMiddleware
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Callable, Iterator
 
 
 def free_port() -> int:
@@ -147,7 +149,7 @@ class Env:
         """Declare an actor on this env's broker (unique name per env)."""
 
         def wrap(f: Callable[..., Any]) -> Any:
-            return dramatiq.actor(f, broker=self.broker, **options)
+            return dramatiq.actor(broker=self.broker, **options)(f)
 
         return wrap(fn) if fn is not None else wrap
 
@@ -170,7 +172,7 @@ def make_env(name: str, redis_url: str, **mw: Any) -> Env:
         broker: dramatiq.Broker = StubBroker()
         store: Any = MemoryStore()
     elif name == "redis":
-        broker = RedisBroker(url=redis_url)
+        broker = RedisBroker(url=redis_url)  # type: ignore[no-untyped-call]
         store = RedisStore(url=redis_url)
     elif name == "rabbitmq":
         from dramatiq.brokers.rabbitmq import RabbitmqBroker
@@ -178,7 +180,7 @@ def make_env(name: str, redis_url: str, **mw: Any) -> Env:
         try:
             broker = RabbitmqBroker(url=RABBITMQ_URL)
             broker.connection  # noqa: B018 - connects now, so a missing server fails here
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any failure means "not reachable"
             pytest.fail(f"RabbitMQ is not reachable at {RABBITMQ_URL} ({exc}); start it with "
                         "'rabbitmq-server -detached'")  # fmt: skip
         store = RedisStore(url=redis_url)

@@ -7,10 +7,9 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio.to_thread
-import dramatiq
 import pytest
 from dramatiq.brokers.stub import StubBroker
 
@@ -25,8 +24,12 @@ from aioworkflow import (
     WorkflowTimeout,
 )
 from aioworkflow._plan import OPTION
-from tests.conftest import Env
 from tests.test_runtime import check_order, declare_task, wait_for
+
+if TYPE_CHECKING:
+    import dramatiq
+
+    from tests.conftest import Env
 
 
 async def drain(env: Env) -> None:
@@ -44,13 +47,20 @@ async def drain(env: Env) -> None:
     await anyio.to_thread.run_sync(join)
 
 
-def copy_of(env: Env, handle: WorkflowHandle, node: int, actor: Any, label: Any) -> dramatiq.Message[Any]:
+def copy_of(
+    env: Env, handle: WorkflowHandle, node: int, actor: Any, label: Any
+) -> dramatiq.Message[Any]:
     """A stray delivery of a node: same workflow and node, a new message id."""
-    return actor.message_with_options(args=(label,), **{OPTION: [handle.id, node]})
+    msg: dramatiq.Message[Any] = actor.message_with_options(
+        args=(label,), **{OPTION: [handle.id, node]}
+    )
+    return msg
 
 
 class TestFailure:
-    async def test_a_node_fails_only_after_its_last_retry_and_on_failure_fires_once(self, env: Env) -> None:
+    async def test_a_node_fails_only_after_its_last_retry_and_on_failure_fires_once(
+        self, env: Env
+    ) -> None:
         attempts: list[int] = []
         t = declare_task(env)
 
@@ -58,20 +68,29 @@ class TestFailure:
             attempts.append(1)
             raise ValueError(f"bad {label}")
 
-        f = env.actor(flaky, actor_name=f"flaky_{env.name}", max_retries=2, min_backoff=10, max_backoff=20)
+        f = env.actor(
+            flaky, actor_name=f"flaky_{env.name}", max_retries=2, min_backoff=10, max_backoff=20
+        )
         env.worker()
-        handle = await Workflow(Chain(f.message("x"), t.message("after")), on_failure=t.message("failed")).run()
+        handle = await Workflow(
+            Chain(f.message("x"), t.message("after")), on_failure=t.message("failed")
+        ).run()
         status = await handle.wait(timeout=30)
         assert status.state is State.FAILED
         assert len(attempts) == 3
-        assert (status.failed_node, status.failed_actor, status.exc_type) == (0, f"flaky_{env.name}", "ValueError")
+        assert (status.failed_node, status.failed_actor, status.exc_type) == (
+            0,
+            f"flaky_{env.name}",
+            "ValueError",
+        )
         assert status.exc_message == "bad x"
         await wait_for(lambda: "failed" in env.rec.labels())
         await drain(env)
         assert env.rec.labels() == ["failed"]  # "after" never ran; the callback ran once
         with pytest.raises(WorkflowFailed) as info:
             await handle.result(timeout=5)
-        assert info.value.node == 0 and info.value.exc_type == "ValueError"
+        assert info.value.node == 0
+        assert info.value.exc_type == "ValueError"
 
     async def test_two_branches_failing_together_fire_on_failure_once(self, env: Env) -> None:
         t = declare_task(env)
@@ -83,7 +102,9 @@ class TestFailure:
 
         b = env.actor(boom, actor_name=f"boom_{env.name}", max_retries=0)
         env.worker()
-        handle = await Workflow(Group(b.message(1), b.message(2)), on_failure=t.message("failed")).run()
+        handle = await Workflow(
+            Group(b.message(1), b.message(2)), on_failure=t.message("failed")
+        ).run()
         assert (await handle.wait(timeout=30)).state is State.FAILED
         await wait_for(lambda: "failed" in env.rec.labels())
         await drain(env)
@@ -107,7 +128,8 @@ class TestFailure:
         broken["yes"] = False
         first = await handle.retry()
         second = await handle.retry()
-        assert first.changed and first.state is State.RUNNING
+        assert first.changed
+        assert first.state is State.RUNNING
         assert not second.changed
         assert (await handle.wait(timeout=30)).state is State.SUCCEEDED
         check_order(env, canvas, ["a", "b", "c", "d"])
@@ -122,18 +144,23 @@ class TestCancel:
 
         s = env.actor(slow, actor_name=f"slow_{env.name}")
         env.worker(threads=8)
-        handle = await Workflow(Chain(Group(*[s.message(i) for i in range(1000)]), s.message("end"))).run()
+        handle = await Workflow(
+            Chain(Group(*[s.message(i) for i in range(1000)]), s.message("end"))
+        ).run()
         await wait_for(lambda: len(env.rec.starts) >= 300, timeout=60)
         answer = await handle.cancel()
         returned = time.monotonic()
-        assert answer.changed and answer.state is State.CANCELLED
+        assert answer.changed
+        assert answer.state is State.CANCELLED
         await drain(env)
         late = [label for label, at in env.rec.starts if at > returned]
         assert len(late) <= 8, "only deliveries already claimed by the 8 threads may start"
-        assert len(env.rec.starts) < 1000 and "end" not in env.rec.labels()
+        assert len(env.rec.starts) < 1000
+        assert "end" not in env.rec.labels()
         assert (await handle.status()).state is State.CANCELLED
         again = await handle.cancel()
-        assert not again.changed and again.state is State.CANCELLED
+        assert not again.changed
+        assert again.state is State.CANCELLED
         with pytest.raises(WorkflowCancelled):
             await handle.result(timeout=1)
 
@@ -143,11 +170,14 @@ class TestCancel:
         handle = await Workflow(t.message(1)).run()
         await handle.wait(timeout=30)
         answer = await handle.cancel()
-        assert not answer.changed and answer.state is State.SUCCEEDED
+        assert not answer.changed
+        assert answer.state is State.SUCCEEDED
 
 
 class TestPause:
-    async def test_pause_holds_everything_and_resume_releases_it_exactly_once(self, env: Env) -> None:
+    async def test_pause_holds_everything_and_resume_releases_it_exactly_once(
+        self, env: Env
+    ) -> None:
         def slow(label: Any) -> None:
             started = env.rec.start(label)
             time.sleep(0.002)
@@ -160,14 +190,16 @@ class TestPause:
         await wait_for(lambda: len(env.rec.starts) >= 50, timeout=60)
         paused = await handle.pause()
         returned = time.monotonic()
-        assert paused.changed and paused.state is State.PAUSED
+        assert paused.changed
+        assert paused.state is State.PAUSED
         assert not (await handle.pause()).changed
         await drain(env)  # held deliveries are skipped, not run, and not lost
         assert len([1 for _, at in env.rec.starts if at > returned]) <= 8
         before = len(env.rec.starts)
         assert before < 301
         resumed = await handle.resume()
-        assert resumed.changed and not (await handle.resume()).changed
+        assert resumed.changed
+        assert not (await handle.resume()).changed
         assert (await handle.wait(timeout=60)).state is State.SUCCEEDED
         check_order(env, canvas, [*range(300), "end"])
 
@@ -184,17 +216,23 @@ class TestResults:
         env.worker()
         canvas = Chain(
             st.message("a"),
-            Group(Chain(st.message("b"), pipe=False), Chain(st.message("c"), st.message("d"), pipe=True)),
+            Group(
+                Chain(st.message("b"), pipe=False),
+                Chain(st.message("c"), st.message("d"), pipe=True),
+            ),
             st.message("e"),
             pipe=True,
         )
         handle = await Workflow(canvas).run()
         assert await handle.result(timeout=30) == 5
-        assert seen["b"] == (1,) and seen["c"] == (1,)
+        assert seen["b"] == (1,)
+        assert seen["c"] == (1,)
         assert seen["d"] == (4,)
         assert seen["e"] == ([[2, 3], "dee"],)
 
-    async def test_result_of_a_group_workflow_is_the_list_in_definition_order(self, env: Env) -> None:
+    async def test_result_of_a_group_workflow_is_the_list_in_definition_order(
+        self, env: Env
+    ) -> None:
         def square(x: int) -> int:
             time.sleep(0.001 * (5 - x))
             return x * x
@@ -224,14 +262,18 @@ class TestDuplicates:
         assert sorted(env.rec.labels()) == [0, 1, 2, 3]
         assert (await handle.status()).succeeded == 4
 
-    async def test_copies_of_in_flight_group_members_never_run_a_successor_early_or_twice(self, env: Env) -> None:
+    async def test_copies_of_in_flight_group_members_never_run_a_successor_early_or_twice(
+        self, env: Env
+    ) -> None:
         def slow(label: Any) -> None:
             started = env.rec.start(label)
             time.sleep(0.003)
             env.rec.finish(label, started)
 
         s = env.actor(slow, actor_name=f"slow_{env.name}")
-        canvas = Chain(s.message("first"), Group(*[s.message(i) for i in range(100)]), s.message("last"))
+        canvas = Chain(
+            s.message("first"), Group(*[s.message(i) for i in range(100)]), s.message("last")
+        )
         env.worker(threads=8)
         handle = await Workflow(canvas).run()
         # stray copies of every group member, sent while the group is pending or running
@@ -240,5 +282,6 @@ class TestDuplicates:
         assert (await handle.wait(timeout=60)).state is State.SUCCEEDED
         await drain(env)
         labels = env.rec.labels()
-        assert labels.count("last") == 1 and labels.count("first") == 1
+        assert labels.count("last") == 1
+        assert labels.count("first") == 1
         check_order(env, canvas, ["first", *range(100), "last"])

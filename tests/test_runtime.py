@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
-from dramatiq import Message
 
 from aioworkflow import Chain, Graph, Group, State, WithDelay, Workflow, compile
-from tests.conftest import Env
+
+if TYPE_CHECKING:
+    from tests.conftest import Env
 
 
 def declare_task(env: Env, name: str = "task", **options: Any) -> Any:
@@ -45,7 +46,11 @@ class TestRunsToCompletion:
         t = declare_task(env)
         canvas = Chain(
             t.message(1),
-            Group(Chain(t.message(2), t.message(5)), t.message(3), Chain(t.message(4), Group(t.message(6), t.message(7)))),
+            Group(
+                Chain(t.message(2), t.message(5)),
+                t.message(3),
+                Chain(t.message(4), Group(t.message(6), t.message(7))),
+            ),
             t.message(8),
         )
         env.worker()
@@ -57,15 +62,20 @@ class TestRunsToCompletion:
         assert (status.total, status.succeeded, status.failed) == (8, 8, 0)
         check_order(env, canvas, list(range(1, 9)))
 
-    async def test_a_group_of_2000_finishing_concurrently_releases_the_join_once(self, env: Env) -> None:
+    async def test_a_group_of_2000_finishing_concurrently_releases_the_join_once(
+        self, env: Env
+    ) -> None:
         t = declare_task(env)
-        canvas = Chain(t.message("first"), Group(*[t.message(i) for i in range(2000)]), t.message("last"))
+        canvas = Chain(
+            t.message("first"), Group(*[t.message(i) for i in range(2000)]), t.message("last")
+        )
         env.worker(threads=8)
         handle = await Workflow(canvas).run()
         status = await handle.wait(timeout=120)
         assert status.state is State.SUCCEEDED
         ran = env.rec.labels()
-        assert ran.count("last") == 1 and ran.count("first") == 1
+        assert ran.count("last") == 1
+        assert ran.count("first") == 1
         assert len(ran) == 2002
         check_order(env, canvas, ["first", "last", *range(2000)])
 
@@ -76,11 +86,17 @@ class TestRunsToCompletion:
         b = g.add(t.message("b"), after=[a])
         c = g.add(Group(t.message("c1"), t.message("c2")), after=[a])
         g.add(t.message("d"), after=[b, c])
-        canvas = Chain(Group(*[t.message(f"x{i}") for i in range(5)]), Group(*[t.message(f"y{i}") for i in range(5)]), g)
+        canvas = Chain(
+            Group(*[t.message(f"x{i}") for i in range(5)]),
+            Group(*[t.message(f"y{i}") for i in range(5)]),
+            g,
+        )
         env.worker()
         status = await (await Workflow(canvas).run()).wait(timeout=30)
         assert status.state is State.SUCCEEDED
-        labels = [f"x{i}" for i in range(5)] + [f"y{i}" for i in range(5)] + ["a", "b", "c1", "c2", "d"]
+        labels = (
+            [f"x{i}" for i in range(5)] + [f"y{i}" for i in range(5)] + ["a", "b", "c1", "c2", "d"]
+        )
         check_order(env, canvas, labels)
 
     async def test_empty_workflows_succeed_at_once_and_fire_on_success(self, env: Env) -> None:
@@ -88,7 +104,8 @@ class TestRunsToCompletion:
         env.worker()
         handle = await Workflow(Chain(Group(), Chain()), on_success=t.message("cb")).run()
         status = await handle.wait(timeout=10)
-        assert status.state is State.SUCCEEDED and status.total == 0
+        assert status.state is State.SUCCEEDED
+        assert status.total == 0
         await wait_for(lambda: env.rec.labels() == ["cb"])
 
     async def test_with_delay_starts_a_node_no_earlier_than_its_delay(self, env: Env) -> None:
@@ -116,11 +133,32 @@ class TestRunsToCompletion:
     async def test_on_success_gets_the_workflow_id_once(self, env: Env) -> None:
         t = declare_task(env)
         env.worker()
-        handle = await Workflow(Group(t.message(1), t.message(2)), on_success=t.message("done")).run()
+        handle = await Workflow(
+            Group(t.message(1), t.message(2)), on_success=t.message("done")
+        ).run()
         await handle.wait(timeout=30)
         await wait_for(lambda: any(isinstance(x, str) and x == "done" for x in env.rec.labels()))
         await asyncio.sleep(0.2)
         assert env.rec.labels().count("done") == 1
+
+
+class TestEvents:
+    async def test_events_report_each_release_completion_and_state_in_order(self, env: Env) -> None:
+        t = declare_task(env)
+        env.worker()
+        canvas = Chain(t.message(0), Group(t.message(1), t.message(2)), t.message(3))
+        handle = await Workflow(canvas, audit=True).run()
+        await handle.wait(timeout=30)
+        events = [e async for e in handle.events()]
+        released = [e.node for e in events if e.kind == "node_released"]
+        succeeded = [e.node for e in events if e.kind == "node_succeeded"]
+        assert sorted(released) == [0, 1, 2, 3]  # each node released exactly once
+        assert sorted(succeeded) == [0, 1, 2, 3]
+        assert [e.state for e in events if e.kind == "state"] == [State.RUNNING, State.SUCCEEDED]
+        position = {(e.kind, e.node): i for i, e in enumerate(events)}
+        assert position[("node_succeeded", 0)] < position[("node_released", 1)]
+        assert position[("node_succeeded", 1)] < position[("node_released", 3)]
+        assert position[("node_succeeded", 2)] < position[("node_released", 3)]
 
 
 class TestMessages:
@@ -152,7 +190,7 @@ class TestMessages:
             env.close()
 
 
-async def wait_for(cond: Any, timeout: float = 10.0) -> None:
+async def wait_for(cond: Any, timeout: float = 10.0) -> None:  # noqa: ASYNC109
     """Await a condition set by worker threads (polls; the condition has no event to await)."""
     deadline = time.monotonic() + timeout
     while not cond():

@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from importlib.resources import files
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import dramatiq
 import pytest
-import redis
 from dramatiq.brokers.stub import StubBroker
 
 from aioworkflow import Chain, Group, MemoryStore, RedisStore, State, WithDelay, compile
 from aioworkflow._keys import PARTS, queue_keys, workflow_keys
 from aioworkflow._plan import Callback, ClaimCode, build_upload
 from aioworkflow._store._scripts import SOURCES, ScriptName
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    import redis
 
 WF = "wf1"
 _broker = StubBroker()
@@ -38,9 +41,19 @@ async def store(redis_client: redis.Redis, redis_url: str) -> AsyncIterator[Redi
     s.close()
 
 
-async def submit(store: RedisStore, canvas: Any, *, direct: bool = False, callbacks: bool = False) -> list[str]:
+async def submit(
+    store: RedisStore, canvas: Any, *, direct: bool = False, callbacks: bool = False
+) -> list[str]:
     cb = Callback("cb", "default", (), {}, {}) if callbacks else None
-    up = build_upload(WF, compile(canvas), direct=direct, on_success=cb, on_failure=cb, retention_ms=60_000, now_ms=0)
+    up = build_upload(
+        WF,
+        compile(canvas),
+        direct=direct,
+        on_success=cb,
+        on_failure=cb,
+        retention_ms=60_000,
+        now_ms=0,
+    )
     qkeys = queue_keys("dramatiq", up.slots) if direct else []
     await store.aio().submit(WF, up, qkeys)
     return qkeys
@@ -48,16 +61,23 @@ async def submit(store: RedisStore, canvas: Any, *, direct: bool = False, callba
 
 class TestLoading:
     def test_every_script_file_has_a_name_and_loads(self, redis_client: redis.Redis) -> None:
-        listing = {p.name[:-4] for p in files("aioworkflow").joinpath("lua").iterdir() if p.name.endswith(".lua")}
+        listing = {
+            p.name[:-4]
+            for p in files("aioworkflow").joinpath("lua").iterdir()
+            if p.name.endswith(".lua")
+        }
         assert listing - {"_lib"} == {n.value for n in ScriptName}
         for name, src in SOURCES.items():
             assert redis_client.script_load(src), name
 
-    async def test_scripts_keep_working_after_script_flush(self, store: RedisStore, redis_client: redis.Redis) -> None:
+    async def test_scripts_keep_working_after_script_flush(
+        self, store: RedisStore, redis_client: redis.Redis
+    ) -> None:
         await submit(store, Chain(t.message(0), t.message(1)))
         redis_client.script_flush()
         done = store.sync.complete(WF, 0, None, [])
-        assert done.status == 1 and done.released == (1,)
+        assert done.status == 1
+        assert done.released == (1,)
         redis_client.script_flush()
         assert (await store.aio().control("pause", WF, [])).state is State.PAUSED
 
@@ -73,17 +93,26 @@ class TestComplete:
     async def test_a_join_releases_the_next_group_once_when_the_last_member_finishes(
         self, store: RedisStore, redis_client: redis.Redis
     ) -> None:
-        await submit(store, Chain(Group(*[t.message(i) for i in range(5)]), Group(*[t.message(i) for i in range(5, 9)])))
+        await submit(
+            store,
+            Chain(
+                Group(*[t.message(i) for i in range(5)]),
+                Group(*[t.message(i) for i in range(5, 9)]),
+            ),
+        )
         released = [store.sync.complete(WF, i, None, []).released for i in range(5)]
         assert released[:4] == [()] * 4
-        assert sorted(released[4]) == [5, 6, 7, 8]  # type: ignore[type-var]
+        assert sorted(released[4]) == [5, 6, 7, 8]
         # per-node state is compact: a few strings, not a key per node
         assert len(redis_client.keys(f"aiowf:{{{WF}}}:*")) <= len(PARTS)
 
-    async def test_the_last_node_ends_the_workflow_and_dispatches_on_success(self, store: RedisStore) -> None:
+    async def test_the_last_node_ends_the_workflow_and_dispatches_on_success(
+        self, store: RedisStore
+    ) -> None:
         await submit(store, Chain(t.message(0)), callbacks=True)
         done = store.sync.complete(WF, 0, b"r", [])
-        assert done.state is State.SUCCEEDED and done.released == ("s",)
+        assert done.state is State.SUCCEEDED
+        assert done.released == ("s",)
         meta, _ = await store.aio().meta(WF) or ({}, 0)
         assert meta["ok"] == "1"
         assert await store.aio().results(WF, [0]) == [b"r"]
@@ -93,7 +122,8 @@ class TestComplete:
     ) -> None:
         await submit(store, Chain(t.message(0), t.message(1)))
         store.sync.complete(WF, 0, None, [])
-        assert redis_client.pttl(key("meta")) == -1 and redis_client.pttl(key("dag")) == -1
+        assert redis_client.pttl(key("meta")) == -1
+        assert redis_client.pttl(key("dag")) == -1
         store.sync.complete(WF, 1, None, [])
         for k in (key("meta"), key("dag"), key("cnt"), key("done")):
             assert 0 < redis_client.pttl(k) <= 60_000
@@ -103,15 +133,24 @@ class TestDirectEnqueue:
     async def test_released_messages_land_in_dramatiqs_queue_with_fresh_ids(
         self, store: RedisStore, redis_client: redis.Redis
     ) -> None:
-        qkeys = await submit(store, Chain(t.message(0), Group(t.message(1), WithDelay(t.message(2), delay=500))), direct=True)
-        ids = redis_client.lrange("dramatiq:default", 0, -1)
+        qkeys = await submit(
+            store,
+            Chain(t.message(0), Group(t.message(1), WithDelay(t.message(2), delay=500))),
+            direct=True,
+        )
+        ids = cast("list[bytes]", redis_client.lrange("dramatiq:default", 0, -1))
         assert len(ids) == 1
-        root = dramatiq.Message.decode(redis_client.hget("dramatiq:default.msgs", ids[0]) or b"")
+        root = dramatiq.Message.decode(
+            cast("bytes", redis_client.hget("dramatiq:default.msgs", ids[0]))
+        )
         assert root.options["redis_message_id"] == ids[0].decode() == root.message_id
-        assert root.options["aiowf"] == [WF, 0] and root.args == (0,)
+        assert root.options["aiowf"] == [WF, 0]
+        assert root.args == (0,)
         store.sync.complete(WF, 0, None, qkeys)
-        (delayed_id,) = redis_client.lrange("dramatiq:default.DQ", 0, -1)
-        delayed = dramatiq.Message.decode(redis_client.hget("dramatiq:default.DQ.msgs", delayed_id) or b"")
+        (delayed_id,) = cast("list[bytes]", redis_client.lrange("dramatiq:default.DQ", 0, -1))
+        delayed = dramatiq.Message.decode(
+            cast("bytes", redis_client.hget("dramatiq:default.DQ.msgs", delayed_id))
+        )
         assert delayed.queue_name == "default.DQ"
         assert delayed.options["eta"] - delayed.message_timestamp == 500
         assert len(set(redis_client.lrange("dramatiq:default", 0, -1))) == 2
@@ -121,7 +160,9 @@ class TestClaim:
     async def test_claim_codes(self, store: RedisStore) -> None:
         await submit(store, Group(t.message(0), t.message(1), t.message(2)))
         assert store.sync.claim(WF, 0, "m0", []).code == ClaimCode.RUN
-        assert store.sync.claim(WF, 0, "m0", []).code == ClaimCode.RUN  # redelivery of the same message
+        assert (
+            store.sync.claim(WF, 0, "m0", []).code == ClaimCode.RUN
+        )  # redelivery of the same message
         assert store.sync.claim(WF, 0, "other", []).code == ClaimCode.DUPLICATE
         store.sync.complete(WF, 0, None, [])
         assert store.sync.claim(WF, 0, "m0", []).code == ClaimCode.DONE
@@ -134,7 +175,6 @@ class TestClaim:
         assert store.sync.claim(WF, 2, "m2", []).code == ClaimCode.ENDED
         assert store.sync.claim("nope", 0, "m", []).code == ClaimCode.MISSING
 
-
     async def test_a_stray_copy_of_an_unreleased_node_is_skipped(self, store: RedisStore) -> None:
         await submit(store, Chain(t.message(0), t.message(1)))
         assert store.sync.claim(WF, 1, "early", []).code == ClaimCode.UNRELEASED
@@ -143,17 +183,29 @@ class TestClaim:
 
 
 class TestFailAndControl:
-    async def test_two_failures_dispatch_on_failure_once_and_retry_releases_them(self, store: RedisStore) -> None:
+    async def test_two_failures_dispatch_on_failure_once_and_retry_releases_them(
+        self, store: RedisStore
+    ) -> None:
         await submit(store, Chain(Group(t.message(0), t.message(1)), t.message(2)), callbacks=True)
         f0 = store.sync.fail(WF, 0, ("t", "ValueError", "boom"), [])
         f1 = store.sync.fail(WF, 1, ("t", "KeyError", "k"), [])
         assert (f0.state, f0.released) == (State.FAILED, ("f",))
         assert f1.released == ()
         meta, _ = await store.aio().meta(WF) or ({}, 0)
-        assert (meta["fnode"], meta["fexc"], meta["fmsg"], meta["nf"]) == ("0", "ValueError", "boom", "2")
-        first, second = await store.aio().control("retry", WF, []), await store.aio().control("retry", WF, [])
-        assert first.status == 1 and sorted(first.released) == [0, 1]  # type: ignore[type-var]
-        assert second.status == 0 and second.state is State.RUNNING
+        assert (meta["fnode"], meta["fexc"], meta["fmsg"], meta["nf"]) == (
+            "0",
+            "ValueError",
+            "boom",
+            "2",
+        )
+        first, second = (
+            await store.aio().control("retry", WF, []),
+            await store.aio().control("retry", WF, []),
+        )
+        assert first.status == 1
+        assert sorted(first.released) == [0, 1]
+        assert second.status == 0
+        assert second.state is State.RUNNING
 
     async def test_cancel_after_success_is_a_no_op(self, store: RedisStore) -> None:
         await submit(store, t.message(0))
@@ -161,10 +213,12 @@ class TestFailAndControl:
         done = await store.aio().control("cancel", WF, [])
         assert (done.status, done.state) == (0, State.SUCCEEDED)
 
-    async def test_reconcile_hands_out_stale_ready_entries_once_per_period(self, store: RedisStore) -> None:
+    async def test_reconcile_hands_out_stale_ready_entries_once_per_period(
+        self, store: RedisStore
+    ) -> None:
         await submit(store, Group(t.message(0), t.message(1)))
         rec = store.sync.reconcile(WF, 0, 100, [])
-        assert sorted(rec.released) == [0, 1]  # type: ignore[type-var]
+        assert sorted(rec.released) == [0, 1]
         assert store.sync.reconcile(WF, 60_000, 100, []).released == ()
         store.sync.claim(WF, 0, "m", [])
         assert store.sync.reconcile(WF, 0, 100, []).released == (1,)
@@ -173,7 +227,13 @@ class TestFailAndControl:
 class TestMemoryTwin:
     async def test_memory_store_answers_like_the_scripts(self) -> None:
         mem = MemoryStore()
-        up = build_upload(WF, compile(Chain(Group(t.message(0), t.message(1)), t.message(2))), direct=False, retention_ms=1, now_ms=0)
+        up = build_upload(
+            WF,
+            compile(Chain(Group(t.message(0), t.message(1)), t.message(2))),
+            direct=False,
+            retention_ms=1,
+            now_ms=0,
+        )
         started = await mem.aio().submit(WF, up, [])
         assert started.released == (0, 1)
         assert mem.complete(WF, 0, None, []).released == ()

@@ -30,38 +30,38 @@ from .errors import (
 )
 
 __all__ = [
-    # builders
-    "Chain",
-    "Graph",
-    "Group",
-    "NodeRef",
-    "WithDelay",
-    "compile",
-    "Dag",
-    "Node",
-    # client
-    "Workflow",
-    "WorkflowHandle",
-    "SyncWorkflowHandle",
-    "WorkflowStatus",
-    "State",
-    "Event",
-    "Transition",
-    # integration
-    "WorkflowMiddleware",
-    "RedisStore",
-    "MemoryStore",
-    "LZ4JSONEncoder",
     # errors
     "AioWorkflowError",
+    # builders
+    "Chain",
     "ConfigurationError",
+    "Dag",
     "DecodeError",
+    "Event",
+    "Graph",
     "GraphError",
+    "Group",
+    "LZ4JSONEncoder",
+    "MemoryStore",
+    "Node",
+    "NodeRef",
+    "RedisStore",
+    "State",
     "StoreConnectionError",
     "StoreError",
+    "SyncWorkflowHandle",
+    "Transition",
+    "WithDelay",
+    # client
+    "Workflow",
     "WorkflowCancelled",
     "WorkflowExists",
     "WorkflowFailed",
+    "WorkflowHandle",
+    # integration
+    "WorkflowMiddleware",
     "WorkflowNotFound",
+    "WorkflowStatus",
     "WorkflowTimeout",
+    "compile",
 ]

@@ -12,7 +12,6 @@ import contextlib
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar, final
 
 import anyio
@@ -39,6 +38,8 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+
     from ._store._base import StoreBackend
 
 __all__ = ["SyncWorkflowHandle", "Workflow", "WorkflowHandle"]
@@ -70,7 +71,9 @@ def status_from_meta(workflow_id: str, meta: dict[str, str], running: int) -> Wo
     )
 
 
-def _resolve(broker: dramatiq.Broker | None, store: StoreBackend | None) -> tuple[dramatiq.Broker, StoreBackend]:
+def _resolve(
+    broker: dramatiq.Broker | None, store: StoreBackend | None
+) -> tuple[dramatiq.Broker, StoreBackend]:
     broker = broker or dramatiq.get_broker()
     store = store or find_store(broker)
     if store is None:
@@ -89,6 +92,8 @@ class Workflow:
         on_success: a dramatiq message enqueued once when the last node succeeds.
         on_failure: a dramatiq message enqueued once when a node fails for good.
         id: the workflow id (default: a fresh random id).
+        audit: log every node release as a ``node_released`` event (costs one stream entry
+            per release; meant for tests and debugging).
 
     Both callbacks receive the workflow id appended as their last positional argument, so
     ``notify.message("done")`` is called as ``notify("done", workflow_id)``.
@@ -100,7 +105,8 @@ class Workflow:
         *,
         on_success: Any = None,
         on_failure: Any = None,
-        id: str | None = None,  # noqa: A002 - the public name
+        id: str | None = None,
+        audit: bool = False,
     ) -> None:
         _check_step(canvas, "Workflow")
         for name, cb in (("on_success", on_success), ("on_failure", on_failure)):
@@ -110,6 +116,7 @@ class Workflow:
         self.on_success = on_success
         self.on_failure = on_failure
         self.id = id
+        self.audit = audit
 
     def compile(self) -> Dag:
         """Compile the canvas (pure; raises GraphError)."""
@@ -143,9 +150,16 @@ class Workflow:
                 on_failure=as_callback(self.on_failure),
                 retention_ms=store.retention_ms,
                 now_ms=int(time.time() * 1000),
+                audit=self.audit,
             )
-            keys = queue_keys(getattr(broker, "namespace", "dramatiq"), upload.slots) if direct else []
-            callbacks = {k: orjson.loads(str(upload.meta[f"cb_{k}"])) for k in "sf" if f"cb_{k}" in upload.meta}
+            keys = (
+                queue_keys(getattr(broker, "namespace", "dramatiq"), upload.slots) if direct else []
+            )
+            callbacks = {
+                k: orjson.loads(str(upload.meta[f"cb_{k}"]))
+                for k in "sf"
+                if f"cb_{k}" in upload.meta
+            }
             loaded = Loaded(dag, "d" if direct else "r", upload.slots, callbacks)
             return loaded, upload, keys
 
@@ -154,7 +168,9 @@ class Workflow:
         handle = WorkflowHandle(workflow_id, broker=broker, store=store)
         handle._cache = loaded
         if loaded.mode == "r" and started.released:
-            await anyio.to_thread.run_sync(enqueue_released, broker, workflow_id, loaded, started.released)
+            await anyio.to_thread.run_sync(
+                enqueue_released, broker, workflow_id, loaded, started.released
+            )
         return handle
 
     def run_sync(
@@ -177,7 +193,7 @@ class WorkflowHandle:
 
     def __init__(
         self,
-        id: str,  # noqa: A002 - the public name
+        id: str,
         *,
         broker: dramatiq.Broker | None = None,
         store: StoreBackend | None = None,
@@ -208,7 +224,7 @@ class WorkflowHandle:
             raise WorkflowNotFound(self.id)
         return status_from_meta(self.id, *found)
 
-    async def wait(self, timeout: float | None = None) -> WorkflowStatus:
+    async def wait(self, timeout: float | None = None) -> WorkflowStatus:  # noqa: ASYNC109 - public API (DESIGN.md)
         """Wait until the workflow is SUCCEEDED, FAILED or CANCELLED; woken by its events.
 
         Raises:
@@ -231,7 +247,7 @@ class WorkflowHandle:
             status = await self.status()
         return status
 
-    async def result(self, timeout: float | None = None) -> Any:
+    async def result(self, timeout: float | None = None) -> Any:  # noqa: ASYNC109 - public API
         """Wait for the workflow and return its result (see ``Chain(pipe=True)``).
 
         Raises:
@@ -253,7 +269,9 @@ class WorkflowHandle:
         loaded = await self._loaded()
         nodes = spec_nodes(loaded.dag.result)
         blobs = await self.store.aio().results(self.id, nodes)
-        values = {n: None if b is None else _codec.unpack(b) for n, b in zip(nodes, blobs, strict=True)}
+        values = {
+            n: None if b is None else _codec.unpack(b) for n, b in zip(nodes, blobs, strict=True)
+        }
         return _assemble(loaded.dag.result, values)
 
     async def events(self, *, follow: bool = True) -> AsyncIterator[Event]:
@@ -265,12 +283,11 @@ class WorkflowHandle:
             for event in batch:
                 last = event.id
                 yield event
-            if not batch:
-                if not follow or (await self.status()).done:
-                    with contextlib.suppress(WorkflowNotFound):
-                        for event in await aio.events(self.id, last, block_ms=None):
-                            yield event
-                    return
+            if not batch and (not follow or (await self.status()).done):
+                with contextlib.suppress(WorkflowNotFound):
+                    for event in await aio.events(self.id, last, block_ms=None):
+                        yield event
+                return
 
     async def _control(self, op: str) -> Transition:
         loaded = await self._loaded()
@@ -279,7 +296,9 @@ class WorkflowHandle:
         if done.status == -1 or done.state is None:
             raise WorkflowNotFound(self.id)
         if loaded.mode == "r" and done.released:
-            await anyio.to_thread.run_sync(enqueue_released, self.broker, self.id, loaded, done.released)
+            await anyio.to_thread.run_sync(
+                enqueue_released, self.broker, self.id, loaded, done.released
+            )
         return Transition(changed=done.status == 1, state=done.state, released=len(done.released))
 
     async def cancel(self) -> Transition:
@@ -346,7 +365,11 @@ class SyncWorkflowHandle:
 
     @classmethod
     def attach(
-        cls, id: str, *, broker: dramatiq.Broker | None = None, store: StoreBackend | None = None  # noqa: A002
+        cls,
+        id: str,
+        *,
+        broker: dramatiq.Broker | None = None,
+        store: StoreBackend | None = None,
     ) -> SyncWorkflowHandle:
         """Re-attach to a workflow by id."""
         return cls(WorkflowHandle(id, broker=broker, store=store))

@@ -70,7 +70,9 @@ def unpack(data: bytes) -> Any:
         raise DecodeError("not an aioworkflow blob (bad magic)", data[:64])
     version, flags = data[2], data[3]
     if version != VERSION:
-        raise DecodeError(f"unknown blob version {version} (this release reads {VERSION})", data[:64])
+        raise DecodeError(
+            f"unknown blob version {version} (this release reads {VERSION})", data[:64]
+        )
     if flags & ~_FLAG_LZ4:
         raise DecodeError(f"unknown blob flags {flags:#x}", data[:64])
     body = data[4:]

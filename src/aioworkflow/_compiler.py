@@ -38,8 +38,16 @@ __all__ = ["INTERNAL_OPTIONS", "compile"]
 
 #: Options dramatiq and aioworkflow set per delivery; a compiled node never keeps them.
 INTERNAL_OPTIONS = frozenset(
-    {"redis_message_id", "eta", "retries", "requeue_timestamp", "traceback", "aiowf",
-     "pipe_target", "pipe_ignore"}
+    {
+        "redis_message_id",
+        "eta",
+        "retries",
+        "requeue_timestamp",
+        "traceback",
+        "aiowf",
+        "pipe_target",
+        "pipe_ignore",
+    }
 )
 
 _Fragment = tuple[list[int], list[int], ResultSpec]
@@ -173,7 +181,7 @@ def _normalise(columns: list[Any], leaves: list[MessageLike]) -> Any:
         raise  # pragma: no cover - the loop above always finds the culprit
 
 
-def compile(canvas: Step) -> Dag:  # noqa: A001 - the public name of the compiler
+def compile(canvas: Step) -> Dag:
     """Compile a canvas into an indexed DAG.
 
     Args:

@@ -15,12 +15,14 @@ node's own result, a list is a list of specs (a group), ``None`` is no value (an
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, TypeAlias, final
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeAlias, final
 
 from . import _codec
 from .errors import DecodeError
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 __all__ = ["Dag", "Node", "ResultSpec", "spec_nodes"]
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import dramatiq
@@ -11,10 +10,11 @@ from dramatiq.encoder import JSONEncoder
 
 from ._keys import queue_keys
 from ._plan import OPTION, Callback
-from ._store._base import Loaded
 
 if TYPE_CHECKING:
-    from ._store._base import StoreBackend
+    from collections.abc import Iterable
+
+    from ._store._base import Loaded, StoreBackend
 
 __all__ = ["as_callback", "direct_mode", "enqueue_released", "find_store", "queue_keys_for"]
 
@@ -52,10 +52,14 @@ def as_callback(message: Any) -> Callback | None:
     )
 
 
-def build_message(workflow_id: str, loaded: Loaded, key: int | str) -> tuple[dramatiq.Message[Any], int | None]:
+def build_message(
+    workflow_id: str, loaded: Loaded, key: int | str
+) -> tuple[dramatiq.Message[Any], int | None]:
     """The dramatiq message (and delay) for a released node or callback."""
     if isinstance(key, str):
-        return dramatiq.Message(**{**loaded.callbacks[key], "args": tuple(loaded.callbacks[key]["args"])}), None
+        return dramatiq.Message(
+            **{**loaded.callbacks[key], "args": tuple(loaded.callbacks[key]["args"])}
+        ), None
     node = loaded.dag.node(key)
     msg: dramatiq.Message[Any] = dramatiq.Message(
         queue_name=node.queue_name,

@@ -9,11 +9,13 @@ construction, which is the earliest point the user can act on it.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeAlias, final, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, final, runtime_checkable
 
 from .errors import GraphError
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping
 
 __all__ = ["Chain", "Graph", "Group", "MessageLike", "NodeRef", "Step", "WithDelay", "describe"]
 

@@ -23,7 +23,6 @@ import random
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar, final
 
@@ -35,14 +34,15 @@ from . import _codec
 from ._dag import ResultSpec, spec_nodes
 from ._dramatiq import enqueue_released, queue_keys_for
 from ._plan import OPTION, ClaimCode
-from ._store._base import Loaded
 from .errors import DecodeError, ResultTooLarge, StoreConnectionError, StoreError
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from dramatiq.broker import MessageProxy
     from dramatiq.worker import Worker
 
-    from ._store._base import StoreBackend
+    from ._store._base import Loaded, StoreBackend
 
 __all__ = ["WorkflowMiddleware"]
 
@@ -52,6 +52,9 @@ T = TypeVar("T")
 
 class _StoreUnavailable(MiddlewareError, BrokerConnectionError):
     """Raised from before_ack/before_nack so that dramatiq retries the hook and does not ack."""
+
+    def __init__(self, message: str) -> None:
+        Exception.__init__(self, message)
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,7 +195,9 @@ class WorkflowMiddleware(dramatiq.Middleware):
     def before_ack(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
         """The attempt is over and will not be retried: count a success."""
         ref = message.options.get(OPTION)
-        pending = self._pending(message) if ref is not None else None
+        if ref is None:
+            return
+        pending = self._pending(message)
         if pending is None or isinstance(ref[1], str):
             return
         result, exc = pending
@@ -229,14 +234,21 @@ class WorkflowMiddleware(dramatiq.Middleware):
                     err = ResultTooLarge(len(blob), self.store.result_limit)
                     self._fail(broker, workflow_id, node, "", err)
                     return
-            done = self._retrying(lambda: self.store.sync.complete(workflow_id, node, blob, ctx.queue_keys))
+            done = self._retrying(
+                lambda: self.store.sync.complete(workflow_id, node, blob, ctx.queue_keys)
+            )
         except StoreConnectionError as exc:
             raise _StoreUnavailable(str(exc)) from exc
         if ctx.loaded.mode == "r" and done.released:
             enqueue_released(broker, workflow_id, ctx.loaded, done.released)
 
     def _fail(
-        self, broker: dramatiq.Broker, workflow_id: str, node: int, actor: str, exc: BaseException | None
+        self,
+        broker: dramatiq.Broker,
+        workflow_id: str,
+        node: int,
+        actor: str,
+        exc: BaseException | None,
     ) -> None:
         exc_type = type(exc).__name__ if exc is not None else "MessageFailed"
         text = str(exc) if exc is not None else "dramatiq rejected the message"
@@ -246,7 +258,9 @@ class WorkflowMiddleware(dramatiq.Middleware):
                 return
             name = actor or ctx.loaded.dag.node(node).actor_name
             info = (name, exc_type, text[:2000])
-            done = self._retrying(lambda: self.store.sync.fail(workflow_id, node, info, ctx.queue_keys))
+            done = self._retrying(
+                lambda: self.store.sync.fail(workflow_id, node, info, ctx.queue_keys)
+            )
         except StoreConnectionError as exc2:
             raise _StoreUnavailable(str(exc2)) from exc2
         if ctx.loaded.mode == "r" and done.released:
@@ -258,7 +272,9 @@ class WorkflowMiddleware(dramatiq.Middleware):
         if self.reconcile_interval > 0 and self._reconciler is None:
             self._stop.clear()
             self._broker = broker
-            self._reconciler = threading.Thread(target=self._reconcile_loop, name="aioworkflow-reconciler", daemon=True)
+            self._reconciler = threading.Thread(
+                target=self._reconcile_loop, name="aioworkflow-reconciler", daemon=True
+            )
             self._reconciler.start()
 
     def before_worker_shutdown(self, broker: dramatiq.Broker, worker: Worker) -> None:
@@ -288,11 +304,17 @@ class WorkflowMiddleware(dramatiq.Middleware):
             if ctx is None:
                 self.store.sync.forget(workflow_id)
                 continue
-            rec = self.store.sync.reconcile(workflow_id, self.reconcile_age_ms, 1000, ctx.queue_keys)
-            if rec.status == -1 or (rec.state is not None and rec.state.is_final and rec.extra == 0):
+            rec = self.store.sync.reconcile(
+                workflow_id, self.reconcile_age_ms, 1000, ctx.queue_keys
+            )
+            if rec.status == -1 or (
+                rec.state is not None and rec.state.is_final and rec.extra == 0
+            ):
                 self.store.sync.forget(workflow_id)
             if rec.released:
-                logger.info("Reconciler re-sends %s of workflow %s.", list(rec.released), workflow_id)
+                logger.info(
+                    "Reconciler re-sends %s of workflow %s.", list(rec.released), workflow_id
+                )
                 if ctx.loaded.mode == "r":
                     enqueue_released(broker, workflow_id, ctx.loaded, rec.released)
                 sent += len(rec.released)

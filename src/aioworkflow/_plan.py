@@ -27,13 +27,16 @@ reply with them; the worker enqueues them through the broker and the node's clai
 from __future__ import annotations
 
 from array import array
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, final
+from typing import TYPE_CHECKING, Any, final
 
 from ._codec import dumps_json
-from ._dag import Dag
 from ._status import State
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
+    from ._dag import Dag
 
 __all__ = [
     "Callback",
@@ -144,6 +147,7 @@ def build_upload(
     on_failure: Callback | None = None,
     retention_ms: int,
     now_ms: int,
+    audit: bool = False,
 ) -> Upload:
     """Build what a store writes for a new workflow.
 
@@ -155,6 +159,7 @@ def build_upload(
         on_failure: callback dispatched once when a node fails for good.
         retention_ms: how long keys live after the workflow ends.
         now_ms: submit time (milliseconds since the epoch).
+        audit: log every release as an event (for tests and debugging).
     """
     callbacks = {"s": on_success, "f": on_failure}
     present = [cb for cb in callbacks.values() if cb is not None]
@@ -170,6 +175,8 @@ def build_upload(
         "created": now_ms,
         "slots": dumps_json(slots).decode(),
     }
+    if audit:
+        meta["audit"] = 1
     templates: dict[str, bytes] = {}
     slot_of = {q: i for i, q in enumerate(slots)}
     for key, cb in callbacks.items():
@@ -264,7 +271,9 @@ def _field(value: Any) -> int | str:
     return int(text) if text.lstrip("-").isdigit() else text
 
 
-def parse_completion(reply: Sequence[Any], *, callback: bool = False, extra: bool = False) -> Completion:
+def parse_completion(
+    reply: Sequence[Any], *, callback: bool = False, extra: bool = False
+) -> Completion:
     """Narrow a reply of shape ``{status, state, [callback], [extra], released...}``."""
     status = int(reply[0])
     state_text = _text(reply[1])

@@ -74,7 +74,7 @@ class WorkflowStatus:
         return self.state.is_final
 
 
-EventKind = Literal["node_succeeded", "node_failed", "state"]
+EventKind = Literal["node_succeeded", "node_failed", "node_released", "state"]
 
 
 @final
@@ -83,7 +83,8 @@ class Event:
     """Something that happened to a workflow, from ``handle.events()``.
 
     ``kind`` is ``"node_succeeded"`` or ``"node_failed"`` (``node`` says which) or ``"state"``
-    (the workflow moved to ``state``). ``id`` orders events (a Redis stream id).
+    (the workflow moved to ``state``); workflows run with ``audit=True`` also log
+    ``"node_released"`` for every release. ``id`` orders events (a Redis stream id).
     """
 
     id: str

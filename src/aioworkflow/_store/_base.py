@@ -6,15 +6,15 @@ client in the user's event loop. A backend (``RedisStore``, ``MemoryStore``) han
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, final
 
-from .._dag import Dag
-from .._plan import Claim, Completion, Upload
-
 if TYPE_CHECKING:
-    from .._status import Event
+    from collections.abc import Sequence
+
+    from aioworkflow._dag import Dag
+    from aioworkflow._plan import Claim, Completion, Upload
+    from aioworkflow._status import Event
 
 __all__ = ["AsyncStore", "Loaded", "Store", "StoreBackend"]
 

@@ -10,15 +10,18 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, final
+from typing import TYPE_CHECKING, Any, final
 
-from .._dag import Dag
-from .._plan import Claim, ClaimCode, Completion, Upload
-from .._status import Event, EventKind, State
-from ..errors import WorkflowExists
+from aioworkflow._dag import Dag
+from aioworkflow._plan import Claim, ClaimCode, Completion, Upload
+from aioworkflow._status import Event, EventKind, State
+from aioworkflow.errors import WorkflowExists
+
 from ._base import Loaded
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 __all__ = ["MemoryStore"]
 
@@ -111,6 +114,8 @@ class MemoryStore:
         if wf.state is State.RUNNING:
             wf.ready[node] = _now()
             out.append(node)
+            if wf.meta.get("audit") == "1":
+                self._event(wf.meta["id"], wf, "node_released", node)
         elif wf.state in (State.PAUSED, State.FAILED):
             wf.held.add(node)
 
@@ -139,12 +144,15 @@ class MemoryStore:
         dag = Dag.decode(upload.dag)
         import orjson
 
-        callbacks = {k: orjson.loads(str(upload.meta[f"cb_{k}"])) for k in "sf" if f"cb_{k}" in upload.meta}
+        callbacks = {
+            k: orjson.loads(str(upload.meta[f"cb_{k}"])) for k in "sf" if f"cb_{k}" in upload.meta
+        }
         with self._lock:
             if self._get(workflow_id) is not None:
                 raise WorkflowExists(f"a workflow with id {workflow_id!r} already exists")
             meta = {k: str(v) for k, v in upload.meta.items()}
             meta["state"] = State.PENDING.value
+            meta["id"] = workflow_id
             wf = _Wf(meta, Loaded(dag, "r", [], callbacks), list(dag.pred_counts))
             self._wfs[workflow_id] = wf
             wf.meta["started"] = str(_now())
@@ -164,7 +172,9 @@ class MemoryStore:
             wf = self._get(workflow_id)
             return None if wf is None else wf.loaded
 
-    def claim(self, workflow_id: str, node: int | str, message_id: str, pipe_nodes: Sequence[int]) -> Claim:
+    def claim(
+        self, workflow_id: str, node: int | str, message_id: str, pipe_nodes: Sequence[int]
+    ) -> Claim:
         """The twin of ``claim.lua``."""
         with self._lock:
             wf = self._get(workflow_id)
@@ -197,7 +207,9 @@ class MemoryStore:
             wf.ready.pop(node, None)
             return Claim(ClaimCode.RUN, tuple(wf.res.get(n) for n in pipe_nodes))
 
-    def complete(self, workflow_id: str, node: int, result: bytes | None, queue_keys: list[str]) -> Completion:
+    def complete(
+        self, workflow_id: str, node: int, result: bytes | None, queue_keys: list[str]
+    ) -> Completion:
         """The twin of ``complete.lua``."""
         with self._lock:
             wf = self._get(workflow_id)
@@ -223,7 +235,9 @@ class MemoryStore:
                 self._dispatch_callback(wf, "s", out)
             return Completion(1, wf.state, tuple(out))
 
-    def fail(self, workflow_id: str, node: int, info: tuple[str, str, str], queue_keys: list[str]) -> Completion:
+    def fail(
+        self, workflow_id: str, node: int, info: tuple[str, str, str], queue_keys: list[str]
+    ) -> Completion:
         """The twin of ``fail.lua``."""
         with self._lock:
             wf = self._get(workflow_id)
@@ -286,7 +300,9 @@ class MemoryStore:
                 raise ValueError(op)
             return Completion(1, wf.state, tuple(out))
 
-    def reconcile(self, workflow_id: str, age_ms: int, limit: int, queue_keys: list[str]) -> Completion:
+    def reconcile(
+        self, workflow_id: str, age_ms: int, limit: int, queue_keys: list[str]
+    ) -> Completion:
         """The twin of ``reconcile.lua``."""
         with self._lock:
             wf = self._get(workflow_id)
@@ -350,7 +366,9 @@ class _AsyncMemory:
             n = int(after.split("-")[0]) if after else 0
             return [e for e in wf.events if int(e.id) > n][:count]
 
-    async def events(self, workflow_id: str, after: str, block_ms: int | None, count: int = 1000) -> list[Event]:
+    async def events(
+        self, workflow_id: str, after: str, block_ms: int | None, count: int = 1000
+    ) -> list[Event]:
         found = self._after(workflow_id, after, count)
         if found or block_ms is None:
             return found

@@ -8,8 +8,7 @@ import inspect
 import secrets
 import time
 import weakref
-from collections.abc import Iterator, Sequence
-from typing import Any, final
+from typing import TYPE_CHECKING, Any, final
 
 import orjson
 import redis
@@ -17,19 +16,23 @@ import redis.asyncio
 import redis.asyncio.cluster
 import redis.cluster
 
-from .. import _keys
-from .._dag import Dag
-from .._plan import Claim, Completion, Upload, parse_claim, parse_completion
-from .._status import Event, State
-from ..errors import (
+from aioworkflow import _keys
+from aioworkflow._dag import Dag
+from aioworkflow._plan import Claim, Completion, Upload, parse_claim, parse_completion
+from aioworkflow._status import Event, State
+from aioworkflow.errors import (
     DecodeError,
     ScriptError,
     StoreConnectionError,
     StoreError,
     WorkflowExists,
 )
+
 from ._base import Loaded
 from ._scripts import SOURCES, ScriptName
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Sequence
 
 __all__ = ["RedisStore"]
 
@@ -39,7 +42,12 @@ ROOT_CHUNK = 2000
 TEMPLATE_CHUNK = 2000
 
 _DAG = _keys.PARTS.index("dag")
-_EVENT_KINDS = {b"ok": "node_succeeded", b"fail": "node_failed", b"state": "state"}
+_EVENT_KINDS = {
+    b"ok": "node_succeeded",
+    b"fail": "node_failed",
+    b"state": "state",
+    b"rel": "node_released",
+}
 
 
 @contextlib.contextmanager
@@ -95,21 +103,31 @@ class _SyncDriver:
             blob, (mode, slots, cb_s, cb_f) = pipe.execute()
         return _loaded(blob, mode, slots, [cb_s, cb_f])
 
-    def claim(self, workflow_id: str, node: int | str, message_id: str, pipe_nodes: Sequence[int]) -> Claim:
+    def claim(
+        self, workflow_id: str, node: int | str, message_id: str, pipe_nodes: Sequence[int]
+    ) -> Claim:
         keys = _keys.workflow_keys(workflow_id)
-        return parse_claim(self._run(ScriptName.CLAIM, keys, [workflow_id, node, message_id, *pipe_nodes]))
+        return parse_claim(
+            self._run(ScriptName.CLAIM, keys, [workflow_id, node, message_id, *pipe_nodes])
+        )
 
-    def complete(self, workflow_id: str, node: int, result: bytes | None, queue_keys: list[str]) -> Completion:
+    def complete(
+        self, workflow_id: str, node: int, result: bytes | None, queue_keys: list[str]
+    ) -> Completion:
         keys = _keys.workflow_keys(workflow_id) + queue_keys
         args = [workflow_id, node, result or b"", 0 if result is None else 1]
         return parse_completion(self._run(ScriptName.COMPLETE, keys, args), callback=True)
 
-    def fail(self, workflow_id: str, node: int, info: tuple[str, str, str], queue_keys: list[str]) -> Completion:
+    def fail(
+        self, workflow_id: str, node: int, info: tuple[str, str, str], queue_keys: list[str]
+    ) -> Completion:
         keys = _keys.workflow_keys(workflow_id) + queue_keys
         reply = self._run(ScriptName.FAIL, keys, [workflow_id, node, *info])
         return parse_completion(reply, callback=True)
 
-    def reconcile(self, workflow_id: str, age_ms: int, limit: int, queue_keys: list[str]) -> Completion:
+    def reconcile(
+        self, workflow_id: str, age_ms: int, limit: int, queue_keys: list[str]
+    ) -> Completion:
         keys = _keys.workflow_keys(workflow_id) + queue_keys
         reply = self._run(ScriptName.RECONCILE, keys, [workflow_id, age_ms, limit])
         return parse_completion(reply, extra=True)
@@ -146,7 +164,12 @@ class _AsyncDriver:
                 raise WorkflowExists(f"a workflow with id {workflow_id!r} already exists")
             pipe = c.pipeline(transaction=False)
             pipe.hset(keys[0], mapping=upload.meta)
-            for part, blob in (("cnt", upload.cnt), ("off", upload.off), ("succ", upload.succ), ("dag", upload.dag)):
+            for part, blob in (
+                ("cnt", upload.cnt),
+                ("off", upload.off),
+                ("succ", upload.succ),
+                ("dag", upload.dag),
+            ):
                 pipe.set(keys[_keys.PARTS.index(part)], blob)
             items = list(upload.templates.items())
             tpl = keys[_keys.PARTS.index("tpl")]
@@ -159,11 +182,15 @@ class _AsyncDriver:
             await c.zadd(_keys.ACTIVE, {workflow_id: int(time.time() * 1000)})
         roots = list(upload.roots)
         all_keys = keys + queue_keys
-        first = await self._run(ScriptName.START, all_keys, [workflow_id, "first", *roots[:ROOT_CHUNK]])
+        first = await self._run(
+            ScriptName.START, all_keys, [workflow_id, "first", *roots[:ROOT_CHUNK]]
+        )
         done = parse_completion(first)
         released = list(done.released)
         for i in range(ROOT_CHUNK, len(roots), ROOT_CHUNK):
-            more = await self._run(ScriptName.START, all_keys, [workflow_id, "more", *roots[i : i + ROOT_CHUNK]])
+            more = await self._run(
+                ScriptName.START, all_keys, [workflow_id, "more", *roots[i : i + ROOT_CHUNK]]
+            )
             released += parse_completion(more).released
         return Completion(done.status, done.state, tuple(released))
 
@@ -201,7 +228,9 @@ class _AsyncDriver:
         with map_exceptions():
             return list(await self._client.hmget(key, [str(n) for n in nodes]))
 
-    async def events(self, workflow_id: str, after: str, block_ms: int | None, count: int = 1000) -> list[Event]:
+    async def events(
+        self, workflow_id: str, after: str, block_ms: int | None, count: int = 1000
+    ) -> list[Event]:
         key = _keys.workflow_keys(workflow_id)[_keys.PARTS.index("ev")]
         with map_exceptions():
             reply = await self._client.xread({key: after}, count=count, block=block_ms)
@@ -281,7 +310,9 @@ class RedisStore:
         if driver is None:
             if self.cluster:
                 nodes = self._client.get_nodes()
-                client: Any = redis.asyncio.cluster.RedisCluster(host=nodes[0].host, port=nodes[0].port)
+                client: Any = redis.asyncio.cluster.RedisCluster(
+                    host=nodes[0].host, port=nodes[0].port
+                )
             elif self.url is not None:
                 client = redis.asyncio.Redis.from_url(self.url)
             else:

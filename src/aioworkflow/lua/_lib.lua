@@ -3,7 +3,7 @@
 --
 -- KEYS (every script receives the same 13 workflow keys, then any queue keys):
 --   1 meta    hash    state, total, nv (vertices), ok, nf, mode (d|r), ret, seq, timestamps,
---                     failure details, cbf (on_failure already sent in this episode)
+--                     failure details, cb_s/cb_f (callback messages), audit (log releases)
 --   2 cnt     string  u32 big-endian per vertex: predecessors still to finish
 --   3 off     string  u32 big-endian per vertex + 1: CSR offsets into succ
 --   4 succ    string  u32 big-endian per edge: successor vertex indices
@@ -52,6 +52,13 @@ local function push(field, now)
     return true
 end
 
+-- With the meta field audit=1 every release is also logged as a "rel" event (tests, debugging).
+local AUDIT = nil
+local function audited()
+    if AUDIT == nil then AUDIT = redis.call('HGET', META, 'audit') == '1' end
+    return AUDIT
+end
+
 -- Hand a released node (or callback "s"/"f") to the broker: straight into dramatiq's queue
 -- in direct mode, else into the ready set for the worker to enqueue (and the reconciler to
 -- find if the worker dies first).
@@ -60,6 +67,9 @@ local function dispatch(field, mode, now, out)
         push(tostring(field), now)
     else
         redis.call('ZADD', READY, now, field)
+    end
+    if type(field) == 'number' and audited() then
+        event('rel', field, redis.call('HGET', META, 'state'))
     end
     out[#out + 1] = field
 end
