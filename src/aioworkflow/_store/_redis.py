@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.metadata
 import inspect
 import secrets
 import time
@@ -42,6 +43,17 @@ ROOT_CHUNK = 2000
 TEMPLATE_CHUNK = 2000
 
 _DAG = _keys.PARTS.index("dag")
+try:  # redis-py reads its own version from package metadata (file I/O) on every new
+    # connection unless it is given; read it once here, not on the event loop
+    _REDIS_VERSION = importlib.metadata.version("redis")
+except importlib.metadata.PackageNotFoundError:  # pragma: no cover
+    _REDIS_VERSION = "0"
+try:
+    from redis.driver_info import DriverInfo
+
+    _LIB: dict[str, Any] = {"driver_info": DriverInfo(name="redis-py", lib_version=_REDIS_VERSION)}
+except ImportError:  # pragma: no cover - redis-py before 7
+    _LIB = {"lib_name": "redis-py", "lib_version": _REDIS_VERSION}
 _EVENT_KINDS = {
     b"ok": "node_succeeded",
     b"fail": "node_failed",
@@ -314,11 +326,12 @@ class RedisStore:
                     host=nodes[0].host, port=nodes[0].port
                 )
             elif self.url is not None:
-                client = redis.asyncio.Redis.from_url(self.url)
+                client = redis.asyncio.Redis.from_url(self.url, **_LIB)
             else:
                 accepted = inspect.signature(redis.asyncio.Redis).parameters
                 kwargs = self._client.connection_pool.connection_kwargs
-                client = redis.asyncio.Redis(**{k: v for k, v in kwargs.items() if k in accepted})
+                kept = {k: v for k, v in kwargs.items() if k in accepted}
+                client = redis.asyncio.Redis(**{**kept, **_LIB})
             driver = self._aio[loop] = _AsyncDriver(client)
         return driver
 

@@ -1,0 +1,157 @@
+"""The async client: non-blocking submit, handles, errors at the earliest point, sync twin."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+import redis
+from blockbuster import blockbuster_ctx
+from dramatiq.brokers.stub import StubBroker
+
+from aioworkflow import (
+    Chain,
+    ConfigurationError,
+    GraphError,
+    Group,
+    MemoryStore,
+    RedisStore,
+    State,
+    SyncWorkflowHandle,
+    Workflow,
+    WorkflowExists,
+    WorkflowHandle,
+    WorkflowMiddleware,
+    WorkflowNotFound,
+)
+from tests.conftest import Env, make_env
+from tests.test_runtime import declare_task
+
+
+@pytest.fixture
+async def redis_env(redis_url: str) -> AsyncIterator[Env]:
+    redis.Redis.from_url(redis_url).flushdb()
+    env = make_env("redis", redis_url)
+    yield env
+    env.close()
+    await env.store.aclose()
+    env.store.close()
+
+
+class LagProbe:
+    """Measures the event loop's longest stall: a task that sleeps 1 ms in a loop."""
+
+    def __init__(self) -> None:
+        self.worst = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    async def _run(self) -> None:
+        while True:
+            before = time.perf_counter()
+            await asyncio.sleep(0.001)
+            self.worst = max(self.worst, time.perf_counter() - before - 0.001)
+
+    def __enter__(self) -> LagProbe:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+
+
+class TestSubmit:
+    async def test_submitting_10000_nodes_never_blocks_the_event_loop(self, redis_env: Env) -> None:
+        # Given a 10,000-node workflow
+        t = declare_task(redis_env)
+        canvas = Chain(
+            Group(*[t.message(i) for i in range(5000)]), Group(*[t.message(i) for i in range(5000)])
+        )
+        # When it is submitted under a blocking-call detector and a loop-lag probe
+        with LagProbe() as probe, blockbuster_ctx(["aioworkflow", "redis", "dramatiq"]):
+            await asyncio.sleep(0.01)  # let the probe start
+            handle = await Workflow(canvas).run()
+        # Then no blocking call ran on the loop and the loop never stalled for long
+        assert (await handle.status()).total == 10_000
+        assert probe.worst < 0.25, f"event loop stalled {probe.worst * 1000:.0f} ms"
+
+    def test_the_blocking_detector_catches_a_blocking_call(self) -> None:
+        async def blocking() -> None:
+            time.sleep(0.001)
+
+        with blockbuster_ctx(), pytest.raises(Exception, match="[Bb]locking"):
+            asyncio.run(blocking())
+
+    async def test_a_bad_canvas_fails_before_anything_is_stored(self, redis_env: Env) -> None:
+        t = declare_task(redis_env)
+        with pytest.raises(GraphError, match="cannot be encoded"):
+            await Workflow(Chain(t.message(1), t.message(object())), id="bad").run()
+        with pytest.raises(WorkflowNotFound):
+            await WorkflowHandle("bad").status()
+
+    async def test_a_taken_id_is_refused_and_the_first_workflow_is_untouched(
+        self, redis_env: Env
+    ) -> None:
+        t = declare_task(redis_env)
+        first = await Workflow(Group(t.message(1), t.message(2)), id="same").run()
+        with pytest.raises(WorkflowExists):
+            await Workflow(t.message(3), id="same").run()
+        status = await first.status()
+        assert (status.total, status.state) == (2, State.RUNNING)
+
+    async def test_running_without_the_middleware_is_a_configuration_error(self) -> None:
+        with pytest.raises(ConfigurationError, match="WorkflowMiddleware"):
+            await Workflow(Chain(), id="x").run(broker=StubBroker())
+
+
+class TestHandles:
+    async def test_a_handle_reattaches_by_id(self, redis_env: Env) -> None:
+        t = declare_task(redis_env)
+        redis_env.worker()
+        handle = await Workflow(Chain(t.message(1), t.message(2))).run()
+        again = WorkflowHandle(
+            handle.id, broker=redis_env.broker, store=RedisStore(url=handle.store.url)
+        )  # type: ignore[attr-defined]
+        status = await again.wait(timeout=30)
+        assert status.state is State.SUCCEEDED
+        assert status.succeeded == 2
+        await again.store.aclose()
+
+    async def test_unknown_ids_raise_workflow_not_found(self, redis_env: Env) -> None:
+        handle = WorkflowHandle("nope")
+        with pytest.raises(WorkflowNotFound):
+            await handle.status()
+        with pytest.raises(WorkflowNotFound):
+            await handle.cancel()
+        with pytest.raises(WorkflowNotFound):
+            await handle.wait(timeout=1)
+
+
+@pytest.fixture
+def memory_env() -> Iterator[Env]:
+    broker = StubBroker()
+    store = MemoryStore()
+    mw = WorkflowMiddleware(store)
+    broker.add_middleware(mw)
+    env = Env("memory", broker, store, mw)
+    yield env
+    env.close()
+
+
+class TestSyncTwin:
+    def test_run_sync_returns_a_blocking_handle_that_waits(self, memory_env: Env) -> None:
+        t = declare_task(memory_env)
+        memory_env.worker()
+        handle = Workflow(Chain(t.message(1), Group(t.message(2), t.message(3)))).run_sync(
+            broker=memory_env.broker
+        )
+        assert isinstance(handle, SyncWorkflowHandle)
+        status = handle.wait(timeout=30)
+        assert status.state is State.SUCCEEDED
+        assert status.succeeded == 3
+        assert handle.status().state is State.SUCCEEDED
+        kinds = [e.kind for e in handle.events()]
+        assert kinds.count("node_succeeded") == 3
+        assert not handle.cancel().changed
