@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator  # noqa: TC003 - fixtures' types
+from typing import Self
 
 import pytest
 import redis
-from blockbuster import blockbuster_ctx
+from blockbuster import BlockingError, blockbuster_ctx
 from dramatiq.brokers.stub import StubBroker
 
 from aioworkflow import (
@@ -53,7 +54,7 @@ class LagProbe:
             await asyncio.sleep(0.001)
             self.worst = max(self.worst, time.perf_counter() - before - 0.001)
 
-    def __enter__(self) -> LagProbe:
+    def __enter__(self) -> Self:
         self._task = asyncio.get_running_loop().create_task(self._run())
         return self
 
@@ -79,9 +80,9 @@ class TestSubmit:
 
     def test_the_blocking_detector_catches_a_blocking_call(self) -> None:
         async def blocking() -> None:
-            time.sleep(0.001)
+            time.sleep(0.001)  # noqa: ASYNC251 - the blocking call under detection
 
-        with blockbuster_ctx(), pytest.raises(Exception, match="[Bb]locking"):
+        with blockbuster_ctx(), pytest.raises(BlockingError, match=r"time\.sleep"):
             asyncio.run(blocking())
 
     async def test_a_bad_canvas_fails_before_anything_is_stored(self, redis_env: Env) -> None:
