@@ -70,13 +70,18 @@ class TestSubmit:
         canvas = Chain(
             Group(*[t.message(i) for i in range(5000)]), Group(*[t.message(i) for i in range(5000)])
         )
-        # When it is submitted under a blocking-call detector and a loop-lag probe
-        with LagProbe() as probe, blockbuster_ctx(["aioworkflow", "redis", "dramatiq"]):
-            await asyncio.sleep(0.01)  # let the probe start
+        # When it is submitted under a blocking-call detector, then no blocking call runs on
+        # the loop (blockbuster raises BlockingError inside the loop thread if one does)
+        with blockbuster_ctx(["aioworkflow", "redis", "dramatiq"]):
             handle = await Workflow(canvas).run()
-        # Then no blocking call ran on the loop and the loop never stalled for long
         assert (await handle.status()).total == 10_000
-        assert probe.worst < 0.25, f"event loop stalled {probe.worst * 1000:.0f} ms"
+        # and, measured without the detector's overhead, the loop never stalls for long
+        # (compiling runs in a thread; what remains is GIL hand-over and reply parsing)
+        with LagProbe() as probe:
+            await asyncio.sleep(0.01)  # let the probe start
+            again = await Workflow(canvas).run()
+        assert (await again.status()).total == 10_000
+        assert probe.worst < 0.1, f"event loop stalled {probe.worst * 1000:.0f} ms"
 
     def test_the_blocking_detector_catches_a_blocking_call(self) -> None:
         async def blocking() -> None:

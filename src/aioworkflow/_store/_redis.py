@@ -38,9 +38,9 @@ if TYPE_CHECKING:
 __all__ = ["RedisStore"]
 
 #: Roots released per start-script call: keeps each call short on a 100,000-root workflow.
-ROOT_CHUNK = 2000
+ROOT_CHUNK = 1000
 #: Template fields written per HSET when storing a workflow.
-TEMPLATE_CHUNK = 2000
+TEMPLATE_CHUNK = 250
 
 _DAG = _keys.PARTS.index("dag")
 try:  # redis-py reads its own version from package metadata (file I/O) on every new
@@ -183,14 +183,18 @@ class _AsyncDriver:
                 ("dag", upload.dag),
             ):
                 pipe.set(keys[_keys.PARTS.index(part)], blob)
-            items = list(upload.templates.items())
-            tpl = keys[_keys.PARTS.index("tpl")]
-            for i in range(0, len(items), TEMPLATE_CHUNK):
-                pipe.hset(tpl, mapping=dict(items[i : i + TEMPLATE_CHUNK]))
             retention = int(upload.meta["ret"])
             for key in keys:  # an abandoned PENDING upload must not leak; start.lua persists
                 pipe.pexpire(key, retention)
             await pipe.execute()
+            # Templates go in modest pipelines: redis-py packs commands on the event loop, and
+            # one 10,000-template pipeline would stall it for ~100 ms.
+            items = list(upload.templates.items())
+            tpl = keys[_keys.PARTS.index("tpl")]
+            for i in range(0, len(items), TEMPLATE_CHUNK):
+                await c.hset(tpl, mapping=dict(items[i : i + TEMPLATE_CHUNK]))
+            if items:
+                await c.pexpire(tpl, retention)
             await c.zadd(_keys.ACTIVE, {workflow_id: int(time.time() * 1000)})
         roots = list(upload.roots)
         all_keys = keys + queue_keys
