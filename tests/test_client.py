@@ -118,8 +118,8 @@ class TestHandles:
         redis_env.worker()
         handle = await Workflow(Chain(t.message(1), t.message(2))).run()
         again = WorkflowHandle(
-            handle.id, broker=redis_env.broker, store=RedisStore(url=handle.store.url)
-        )  # type: ignore[attr-defined]
+            handle.id, broker=redis_env.broker, store=RedisStore(url=redis_env.store.url)
+        )
         status = await again.wait(timeout=30)
         assert status.state is State.SUCCEEDED
         assert status.succeeded == 2

@@ -150,8 +150,8 @@ class TestEvents:
         handle = await Workflow(canvas, audit=True).run()
         await handle.wait(timeout=30)
         events = [e async for e in handle.events()]
-        released = [e.node for e in events if e.kind == "node_released"]
-        succeeded = [e.node for e in events if e.kind == "node_succeeded"]
+        released = [e.node for e in events if e.kind == "node_released" and e.node is not None]
+        succeeded = [e.node for e in events if e.kind == "node_succeeded" and e.node is not None]
         assert sorted(released) == [0, 1, 2, 3]  # each node released exactly once
         assert sorted(succeeded) == [0, 1, 2, 3]
         assert [e.state for e in events if e.kind == "state"] == [State.RUNNING, State.SUCCEEDED]

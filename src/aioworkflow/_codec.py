@@ -19,7 +19,7 @@ import orjson
 
 from .errors import DecodeError
 
-__all__ = ["COMPRESS_MIN", "MAGIC", "VERSION", "dumps_json", "pack", "unpack"]
+__all__ = ["COMPRESS_MIN", "MAGIC", "VERSION", "dumps_json", "inflate", "pack", "unpack"]
 
 #: Leading bytes of every blob; 0xA7 is not valid UTF-8 as a first byte, so never JSON text.
 MAGIC = b"\xa7w"
@@ -52,12 +52,35 @@ def pack(obj: Any, *, compress: bool | None = None) -> bytes:
     if compress is None:
         compress = len(body) >= COMPRESS_MIN
     if compress:
-        frame = lz4.frame.compress(body, content_checksum=True, store_size=True)
+        frame: bytes = lz4.frame.compress(body, content_checksum=True, store_size=True)
         return MAGIC + bytes((VERSION, _FLAG_LZ4)) + frame
     return MAGIC + bytes((VERSION, 0)) + body
 
 
-def unpack(data: bytes) -> Any:
+def inflate(frame: bytes, limit: int = MAX_INFLATED) -> bytes:
+    """Decompress one complete lz4 frame of at most ``limit`` bytes of output.
+
+    The cap holds whether or not the frame header declares its content size, so a hostile
+    frame cannot exhaust memory.
+
+    Raises:
+        DecodeError: corrupt, truncated, trailing bytes, or inflating beyond ``limit``.
+    """
+    decompressor = lz4.frame.LZ4FrameDecompressor()
+    try:
+        out: bytes = decompressor.decompress(frame, max_length=limit + 1)
+    except Exception as exc:  # lz4 raises RuntimeError and friends
+        raise DecodeError(f"corrupt lz4 frame: {exc}", frame[:64]) from exc
+    if len(out) > limit:
+        raise DecodeError(f"lz4 frame inflates beyond {limit} bytes", frame[:64])
+    if not decompressor.eof:
+        raise DecodeError("truncated lz4 frame", frame[:64])
+    if decompressor.unused_data:
+        raise DecodeError("trailing bytes after the lz4 frame", frame[:64])
+    return out
+
+
+def unpack(data: bytes, *, limit: int = MAX_INFLATED) -> Any:
     """Decode a blob written by :func:`pack`.
 
     Raises:
@@ -77,15 +100,7 @@ def unpack(data: bytes) -> Any:
         raise DecodeError(f"unknown blob flags {flags:#x}", data[:64])
     body = data[4:]
     if flags & _FLAG_LZ4:
-        try:
-            size = lz4.frame.get_frame_info(body).get("content_size") or 0
-            if size > MAX_INFLATED:
-                raise DecodeError(f"blob inflates to {size} bytes, over the limit", data[:64])
-            body = lz4.frame.decompress(body)
-        except DecodeError:
-            raise
-        except Exception as exc:  # lz4 raises RuntimeError and friends
-            raise DecodeError(f"corrupt lz4 frame: {exc}", data[:64]) from exc
+        body = inflate(body, limit)
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:

@@ -48,7 +48,8 @@ def describe(step: object) -> str:
     if isinstance(step, Graph):
         return f"Graph({len(step)} nodes)"
     if _is_message(step):
-        return f"{step.actor_name}(...) on queue {step.queue_name!r}"
+        actor, queue = getattr(step, "actor_name", "?"), getattr(step, "queue_name", "?")
+        return f"{actor}(...) on queue {queue!r}"
     return repr(step)[:80]
 
 
@@ -128,7 +129,7 @@ class WithDelay:
 
     def __init__(self, step: Step, *, delay: int) -> None:
         _check_step(step, "WithDelay")
-        if isinstance(delay, bool) or not isinstance(delay, int) or delay < 0:
+        if isinstance(delay, bool) or not isinstance(delay, int) or delay < 0:  # type: ignore[redundant-expr]  # runtime check of untyped input
             raise GraphError(
                 f"WithDelay({describe(step)}): delay must be a non-negative integer number of "
                 f"milliseconds, got {delay!r}"
