@@ -233,17 +233,16 @@ class WorkflowHandle:
         """
         aio = self.store.aio()
         deadline = None if timeout is None else time.monotonic() + timeout
-        last = await aio.last_event_id(self.id)
+        last = await aio.last_event_id(self.id, states_only=True)
         status = await self.status()
         while not status.done:
             remaining = 5.0 if deadline is None else min(5.0, deadline - time.monotonic())
             if remaining <= 0:
                 raise WorkflowTimeout(f"workflow {self.id} still {status.state} after {timeout} s")
-            events = await aio.events(self.id, last, block_ms=max(1, int(remaining * 1000)))
+            block_ms = max(1, int(remaining * 1000))
+            events = await aio.events(self.id, last, block_ms=block_ms, states_only=True)
             if events:
                 last = events[-1].id
-                if not any(e.kind == "state" for e in events):
-                    continue
             status = await self.status()
         return status
 

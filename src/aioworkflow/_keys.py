@@ -14,14 +14,14 @@ PREFIX = "aiowf"
 #: Per-workflow key parts, in the KEYS order of the Lua scripts.
 PARTS = (
     "meta", "cnt", "off", "succ", "done", "tpl", "ready", "held", "res", "ev", "claims",
-    "failed", "dag",
+    "failed", "dag", "st",
 )  # fmt: skip
 #: Sorted set of workflows the reconciler looks at (score: submit time in ms).
 ACTIVE = f"{PREFIX}:active"
 
 
 def workflow_keys(workflow_id: str) -> list[str]:
-    """The 13 keys of a workflow, in script KEYS order."""
+    """The 14 keys of a workflow, in script KEYS order."""
     return [f"{PREFIX}:{{{workflow_id}}}:{part}" for part in PARTS]
 
 

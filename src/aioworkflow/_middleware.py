@@ -183,9 +183,31 @@ class WorkflowMiddleware(dramatiq.Middleware):
         result: Any | None = None,
         exception: BaseException | None = None,
     ) -> None:
-        """Remember the outcome for before_ack/before_nack (same thread, same message)."""
-        if OPTION in message.options:
-            self._local.pending = (message, result, exception)
+        """Count a success right here, in the worker thread; remember failures for later.
+
+        dramatiq runs ``before_ack``/``before_nack`` on the single consumer thread of each
+        queue, so completing there would serialise every completion of a queue behind one
+        thread. A success is final as soon as the actor returned, so it is counted now, in
+        parallel on the worker threads. Only if Redis stays unreachable is the completion
+        handed to ``before_ack``, where a connection error makes dramatiq retry the
+        post-processing instead of acking (an exception raised here would be swallowed).
+        Whether a raised exception is a final failure is decided by ``Retries`` later, so
+        failures are recorded in ``before_nack``.
+        """
+        ref = message.options.get(OPTION)
+        if ref is None:
+            return
+        if exception is None and isinstance(ref[1], int):
+            try:
+                self._complete(broker, ref[0], ref[1], result)
+            except _StoreUnavailable:
+                logger.warning(
+                    "Completion of workflow %s node %s deferred to ack time.", ref[0], ref[1]
+                )
+            else:
+                self._local.pending = None
+                return
+        self._local.pending = (message, result, exception)
 
     def after_skip_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
         """A delivery skipped by another middleware (AgeLimit) may be a final failure."""

@@ -99,13 +99,23 @@ class AsyncStore(Protocol):
         ...
 
     async def events(
-        self, workflow_id: str, after: str, block_ms: int | None, count: int = 1000
+        self,
+        workflow_id: str,
+        after: str,
+        block_ms: int | None,
+        count: int = 1000,
+        *,
+        states_only: bool = False,
     ) -> list[Event]:
-        """Events after id ``after`` ("0" for all); block up to ``block_ms`` when there are none."""
+        """Events after id ``after`` ("0" for all); block up to ``block_ms`` when there are none.
+
+        With ``states_only``, only workflow state changes (a separate, short stream that
+        waiters block on, so they are not woken by every node event).
+        """
         ...
 
-    async def last_event_id(self, workflow_id: str) -> str:
-        """Id of the newest event, "0" if none."""
+    async def last_event_id(self, workflow_id: str, *, states_only: bool = False) -> str:
+        """Id of the newest event (of the state-change stream with ``states_only``), "0" if none."""
         ...
 
 

@@ -358,18 +358,25 @@ class _AsyncMemory:
             wf = self._s._get(workflow_id)
             return [None if wf is None else wf.res.get(n) for n in nodes]
 
-    def _after(self, workflow_id: str, after: str, count: int) -> list[Event]:
+    def _after(self, workflow_id: str, after: str, count: int, states: bool) -> list[Event]:
         with self._s._lock:
             wf = self._s._get(workflow_id)
             if wf is None:
                 return []
             n = int(after.split("-")[0]) if after else 0
-            return [e for e in wf.events if int(e.id) > n][:count]
+            found = [e for e in wf.events if int(e.id) > n and (not states or e.kind == "state")]
+            return found[:count]
 
     async def events(
-        self, workflow_id: str, after: str, block_ms: int | None, count: int = 1000
+        self,
+        workflow_id: str,
+        after: str,
+        block_ms: int | None,
+        count: int = 1000,
+        *,
+        states_only: bool = False,
     ) -> list[Event]:
-        found = self._after(workflow_id, after, count)
+        found = self._after(workflow_id, after, count, states_only)
         if found or block_ms is None:
             return found
         loop = asyncio.get_running_loop()
@@ -378,7 +385,7 @@ class _AsyncMemory:
         with self._s._lock:
             waiters.append((loop, ev))
         try:
-            found = self._after(workflow_id, after, count)
+            found = self._after(workflow_id, after, count, states_only)
             if found:
                 return found
             try:
@@ -386,12 +393,15 @@ class _AsyncMemory:
                     await ev.wait()
             except TimeoutError:
                 return []
-            return self._after(workflow_id, after, count)
+            return self._after(workflow_id, after, count, states_only)
         finally:
             with self._s._lock:
                 waiters.remove((loop, ev))
 
-    async def last_event_id(self, workflow_id: str) -> str:
+    async def last_event_id(self, workflow_id: str, *, states_only: bool = False) -> str:
         with self._s._lock:
             wf = self._s._get(workflow_id)
-            return wf.events[-1].id if wf and wf.events else "0"
+            events = [e for e in wf.events if e.kind == "state"] if wf and states_only else None
+            if events is None:
+                events = wf.events if wf else []
+            return events[-1].id if events else "0"

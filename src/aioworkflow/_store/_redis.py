@@ -43,6 +43,8 @@ ROOT_CHUNK = 1000
 TEMPLATE_CHUNK = 250
 
 _DAG = _keys.PARTS.index("dag")
+_EVENTS = _keys.PARTS.index("ev")
+_STATES = _keys.PARTS.index("st")
 try:  # redis-py reads its own version from package metadata (file I/O) on every new
     # connection unless it is given; read it once here, not on the event loop
     _REDIS_VERSION = importlib.metadata.version("redis")
@@ -245,14 +247,24 @@ class _AsyncDriver:
             return list(await self._client.hmget(key, [str(n) for n in nodes]))
 
     async def events(
-        self, workflow_id: str, after: str, block_ms: int | None, count: int = 1000
+        self,
+        workflow_id: str,
+        after: str,
+        block_ms: int | None,
+        count: int = 1000,
+        *,
+        states_only: bool = False,
     ) -> list[Event]:
-        key = _keys.workflow_keys(workflow_id)[_keys.PARTS.index("ev")]
+        key = _keys.workflow_keys(workflow_id)[_STATES if states_only else _EVENTS]
         with map_exceptions():
             reply = await self._client.xread({key: after}, count=count, block=block_ms)
         out: list[Event] = []
         for _stream, entries in reply or []:
             for eid, fields in entries:
+                if states_only:
+                    state = State(fields[b"s"].decode())
+                    out.append(Event(id=eid.decode(), kind="state", node=None, state=state))
+                    continue
                 node = int(fields[b"n"])
                 out.append(
                     Event(
@@ -264,8 +276,8 @@ class _AsyncDriver:
                 )
         return out
 
-    async def last_event_id(self, workflow_id: str) -> str:
-        key = _keys.workflow_keys(workflow_id)[_keys.PARTS.index("ev")]
+    async def last_event_id(self, workflow_id: str, *, states_only: bool = False) -> str:
+        key = _keys.workflow_keys(workflow_id)[_STATES if states_only else _EVENTS]
         with map_exceptions():
             last = await self._client.xrevrange(key, count=1)
         return last[0][0].decode() if last else "0"

@@ -1,7 +1,7 @@
 -- _lib.lua: helpers shared by every aioworkflow script; the loader prepends this file to each
 -- script, so every script sees the same key layout and helpers.
 --
--- KEYS (every script receives the same 13 workflow keys, then any queue keys):
+-- KEYS (every script receives the same 14 workflow keys, then any queue keys):
 --   1 meta    hash    state, total, nv (vertices), ok, nf, mode (d|r), ret, seq, timestamps,
 --                     failure details, cb_s/cb_f (callback messages), audit (log releases)
 --   2 cnt     string  u32 big-endian per vertex: predecessors still to finish
@@ -16,14 +16,15 @@
 --  11 claims  hash    node -> message id of the delivery that started it
 --  12 failed  set     failed nodes (cleared by retry)
 --  13 dag     string  the encoded DAG (never read by Lua; listed so PEXPIRE covers it)
---  14..      pairs    dramatiq queue list key, queue .msgs hash key, one pair per queue slot
+--  14 st      stream  workflow state changes only (what waiters block on)
+--  15..      pairs    dramatiq queue list key, queue .msgs hash key, one pair per queue slot
 -- ARGV[1] is always the workflow id.
 -- All keys of a workflow share one hash tag, so each call touches one cluster slot; the
 -- dramatiq queue keys are passed (direct mode only) on standalone Redis.
-local META, CNT, OFF, SUCC, DONE, TPL, READY, HELD, RES, EV, CLAIMS, FAILED, DAG =
+local META, CNT, OFF, SUCC, DONE, TPL, READY, HELD, RES, EV, CLAIMS, FAILED, DAG, ST =
     KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10],
-    KEYS[11], KEYS[12], KEYS[13]
-local NKEYS = 13
+    KEYS[11], KEYS[12], KEYS[13], KEYS[14]
+local NKEYS = 14
 local WF = ARGV[1]
 local EV_MAXLEN = 10000
 local TERMINAL = {SUCCEEDED = true, FAILED = true, CANCELLED = true}
@@ -138,4 +139,5 @@ end
 local function set_state(state, now)
     redis.call('HSET', META, 'state', state, 'updated', now)
     event('state', -1, state)
+    redis.call('XADD', ST, 'MAXLEN', '~', 100, '*', 's', state)
 end

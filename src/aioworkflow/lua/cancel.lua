@@ -1,6 +1,6 @@
 -- cancel.lua: compare-and-set RUNNING | PAUSED | FAILED | PENDING -> CANCELLED.
 -- Nothing is released afterwards; queued messages are skipped by claim.lua.
--- KEYS: the 13 workflow keys (see _lib.lua)
+-- KEYS: the 14 workflow keys (see _lib.lua)
 -- ARGV: workflow id
 -- Reply: {status, state}  status 1: cancelled now; 0: already ended (state says how); -1: none
 local state = redis.call('HGET', META, 'state')

@@ -1,5 +1,5 @@
 -- claim.lua: a worker is about to run a node's message; decide whether it may.
--- KEYS: the 13 workflow keys (see _lib.lua)
+-- KEYS: the 14 workflow keys (see _lib.lua)
 -- ARGV: workflow id, node index (or "s"/"f" for the success/failure callback), message id,
 --       then the nodes whose stored results the node's piped input needs
 -- Reply: {code, results...}

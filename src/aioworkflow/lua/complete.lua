@@ -1,7 +1,7 @@
 -- complete.lua: a node's task succeeded. In one atomic step: count it once (done bit), store
 -- its result if needed, decrement its successors' counters, cascade through join vertices,
 -- release what reached zero, and end the workflow (on_success) after the last node.
--- KEYS: the 13 workflow keys (see _lib.lua), then queue key pairs (direct mode)
+-- KEYS: the 14 workflow keys (see _lib.lua), then queue key pairs (direct mode)
 -- ARGV: workflow id, node index, result blob, "1" to store the result else "0"
 -- Reply: {status, state, callback, released...}
 --   status 1: counted; 0: already counted (duplicate), nothing changed; -1: no workflow

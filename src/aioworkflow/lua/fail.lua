@@ -1,7 +1,7 @@
 -- fail.lua: dramatiq gave up on a node (retries exhausted, throws, age limit, unknown actor).
 -- In one atomic step: record the failure, move RUNNING/PAUSED to FAILED (nothing new is
 -- released from then on), record which node failed and why, and dispatch on_failure once.
--- KEYS: the 13 workflow keys (see _lib.lua), then queue key pairs (direct mode)
+-- KEYS: the 14 workflow keys (see _lib.lua), then queue key pairs (direct mode)
 -- ARGV: workflow id, node index, actor name, exception type, exception message
 -- Reply: {status, state, callback}
 --   status 1: recorded; 0: node already done or already failed; -1: no workflow

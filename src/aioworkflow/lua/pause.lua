@@ -1,6 +1,6 @@
 -- pause.lua: compare-and-set RUNNING -> PAUSED. While paused, released nodes and queued
 -- deliveries are held (claim.lua, complete.lua) until resume.lua.
--- KEYS: the 13 workflow keys (see _lib.lua)
+-- KEYS: the 14 workflow keys (see _lib.lua)
 -- ARGV: workflow id
 -- Reply: {status, state}  status 1: paused now; 0: not RUNNING (state says what); -1: none
 local state = redis.call('HGET', META, 'state')

@@ -2,7 +2,7 @@
 -- a worker died between this store and the broker) and hand them out again. Each returned
 -- entry's timestamp is bumped, so concurrent reconcilers do not both re-enqueue it; a
 -- duplicate that still gets through is skipped by claim.lua.
--- KEYS: the 13 workflow keys (see _lib.lua), then queue key pairs (direct mode)
+-- KEYS: the 14 workflow keys (see _lib.lua), then queue key pairs (direct mode)
 -- ARGV: workflow id, age in ms, max entries
 -- Reply: {status, state, remaining ready entries, entries to enqueue...}
 --   status 1: ok; -1: no such workflow (the caller drops it from the active index)

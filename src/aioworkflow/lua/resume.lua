@@ -1,6 +1,6 @@
 -- resume.lua: compare-and-set PAUSED -> RUNNING and release every held node exactly once
 -- (the held set is emptied in the same step).
--- KEYS: the 13 workflow keys (see _lib.lua), then queue key pairs (direct mode)
+-- KEYS: the 14 workflow keys (see _lib.lua), then queue key pairs (direct mode)
 -- ARGV: workflow id
 -- Reply: {status, state, released...}  status 1: resumed; 0: not PAUSED; -1: none
 local state = redis.call('HGET', META, 'state')

@@ -1,7 +1,7 @@
 -- retry.lua: compare-and-set FAILED -> RUNNING; release the failed nodes and the nodes held
 -- while the workflow was failed, each once; clear the failure record. A second, concurrent
 -- retry finds RUNNING and changes nothing.
--- KEYS: the 13 workflow keys (see _lib.lua), then queue key pairs (direct mode)
+-- KEYS: the 14 workflow keys (see _lib.lua), then queue key pairs (direct mode)
 -- ARGV: workflow id
 -- Reply: {status, state, released...}  status 1: retried; 0: not FAILED; -1: none
 local state = redis.call('HGET', META, 'state')

@@ -1,6 +1,6 @@
 -- start.lua: move a stored workflow from PENDING to RUNNING and release its roots.
 -- Big root sets are released in several calls: the first with phase "first", the rest "more".
--- KEYS: the 13 workflow keys (see _lib.lua), then queue key pairs (direct mode)
+-- KEYS: the 14 workflow keys (see _lib.lua), then queue key pairs (direct mode)
 -- ARGV: workflow id, phase ("first" | "more"), root node indices...
 -- Reply: {status, state, released...}
 --   status 1: done; 0: the workflow was not PENDING ("first"), nothing changed; -1: no workflow
