@@ -186,8 +186,11 @@ class TestMessages:
             # largest message only grows by the digits of its index and arguments
             assert sizes[0][0] == sizes[1][0], sizes
             assert sizes[1][1] < 300
+            client.close()
         finally:
             env.close()
+            await env.store.aclose()
+            env.store.close()
 
 
 async def wait_for(cond: Any, timeout: float = 10.0) -> None:  # noqa: ASYNC109

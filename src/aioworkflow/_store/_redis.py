@@ -31,6 +31,7 @@ from aioworkflow.errors import (
 
 from ._base import Loaded
 from ._scripts import SOURCES, ScriptName
+from ._wire import WireScripts
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
@@ -39,11 +40,16 @@ __all__ = ["RedisStore"]
 
 #: Roots released per start-script call: keeps each call short on a 100,000-root workflow.
 ROOT_CHUNK = 1000
+#: Longest blocking XREAD: redis-py's default socket read timeout (5 s) must not cut it off;
+#: callers simply block again.
+MAX_BLOCK_MS = 2000
 #: Template fields written per HSET when storing a workflow.
 TEMPLATE_CHUNK = 250
 
 _DAG = _keys.PARTS.index("dag")
 _EVENTS = _keys.PARTS.index("ev")
+#: Scripts every task runs: sent through the lean wire path where the client allows it.
+_HOT = frozenset((ScriptName.CLAIM, ScriptName.COMPLETE, ScriptName.FAIL))
 _STATES = _keys.PARTS.index("st")
 try:  # redis-py reads its own version from package metadata (file I/O) on every new
     # connection unless it is given; read it once here, not on the event loop
@@ -104,10 +110,17 @@ class _SyncDriver:
     def __init__(self, client: Any) -> None:
         self._client = client
         self._scripts = {n: client.register_script(src) for n, src in SOURCES.items()}
+        self._wire = WireScripts.for_client(client, SOURCES)
 
     def _run(self, name: ScriptName, keys: list[str], args: Sequence[Any]) -> Any:
+        if self._wire is not None and name in _HOT:
+            return self._wire.run(name, keys, args)
         with map_exceptions():
             return self._scripts[name](keys=keys, args=list(args))
+
+    def close(self) -> None:
+        if self._wire is not None:
+            self._wire.close()
 
     def load(self, workflow_id: str) -> Loaded | None:
         keys = _keys.workflow_keys(workflow_id)
@@ -256,6 +269,8 @@ class _AsyncDriver:
         states_only: bool = False,
     ) -> list[Event]:
         key = _keys.workflow_keys(workflow_id)[_STATES if states_only else _EVENTS]
+        if block_ms is not None:  # stay well inside redis-py's socket read timeout
+            block_ms = min(block_ms, MAX_BLOCK_MS)
         with map_exceptions():
             reply = await self._client.xread({key: after}, count=count, block=block_ms)
         out: list[Event] = []
@@ -358,7 +373,8 @@ class RedisStore:
             await driver._client.aclose()
 
     def close(self) -> None:
-        """Close the sync connection pool."""
+        """Close the sync connection pool and the worker threads' sockets."""
+        self._sync.close()
         self._client.close()
 
     def direct_enqueue_possible(self, broker: Any) -> bool:

@@ -1,0 +1,226 @@
+"""A lean EVALSHA path for the worker's per-task scripts (claim, complete, fail).
+
+Every task a worker runs costs two script calls, and on a small machine redis-py's generic
+command path (connection pool, argument encoding, pure-Python reply parser, response
+callbacks) costs more CPU than the round trip itself. This module sends the same EVALSHA
+over one plain socket per thread: the KEYS block of a workflow is packed once and cached, the
+reply is read with a buffered reader, and a ``NOSCRIPT`` reply (after ``SCRIPT FLUSH`` or a
+failover) loads the script and tries again.
+
+It is only used where it is equivalent to redis-py: a plain TCP ``redis.Redis`` client,
+without TLS, unix sockets or credential providers. Everything else goes through redis-py.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import threading
+import weakref
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+import redis
+import redis.connection
+
+from aioworkflow.errors import ScriptError, StoreConnectionError
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
+    from ._scripts import ScriptName
+
+__all__ = ["WireScripts"]
+
+_KEY_CACHE = 4096
+_CRLF = b"\r\n"
+
+
+def _bulk(value: Any) -> bytes:
+    if isinstance(value, bytes):
+        data = value
+    elif isinstance(value, str):
+        data = value.encode()
+    elif isinstance(value, int):
+        data = b"%d" % value
+    else:
+        data = str(value).encode()
+    return b"$%d\r\n%s\r\n" % (len(data), data)
+
+
+class _ReplyError(Exception):
+    pass
+
+
+def _read(f: BinaryIO) -> Any:
+    line = f.readline()
+    if not line.endswith(_CRLF):
+        raise ConnectionError("connection closed by Redis")
+    kind, rest = line[:1], line[1:-2]
+    if kind == b":":
+        return int(rest)
+    if kind == b"$":
+        n = int(rest)
+        if n < 0:
+            return None
+        data = f.read(n + 2)
+        if len(data) != n + 2:
+            raise ConnectionError("connection closed by Redis")
+        return data[:-2]
+    if kind == b"*":
+        n = int(rest)
+        return None if n < 0 else [_read(f) for _ in range(n)]
+    if kind == b"+":
+        return rest
+    if kind == b"-":
+        return _ReplyError(rest.decode(errors="replace"))
+    raise ConnectionError(f"unexpected reply from Redis: {line[:40]!r}")
+
+
+class _Conn:
+    def __init__(self, params: dict[str, Any]) -> None:
+        self.pid = os.getpid()
+        self.sock = socket.create_connection(
+            (params["host"], params["port"]), timeout=params["connect_timeout"]
+        )
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock.settimeout(params["timeout"])
+        self.reader = self.sock.makefile("rb")
+        hello: list[list[Any]] = []
+        if params["password"] is not None:
+            user = params["username"]
+            hello.append(
+                ["AUTH", params["password"]] if user is None else ["AUTH", user, params["password"]]
+            )
+        if params["db"]:
+            hello.append(["SELECT", params["db"]])
+        for cmd in hello:
+            reply = self.call(_command(cmd))
+            if isinstance(reply, _ReplyError):
+                self.close()
+                raise ScriptError(f"{cmd[0]} failed: {reply}")
+
+    def call(self, packet: bytes) -> Any:
+        self.sock.sendall(packet)
+        return _read(self.reader)
+
+    def close(self) -> None:
+        try:
+            self.reader.close()
+            self.sock.close()
+        except OSError:  # pragma: no cover - closing a broken socket
+            pass
+
+
+def _command(args: Sequence[Any]) -> bytes:
+    return b"*%d\r\n" % len(args) + b"".join(_bulk(a) for a in args)
+
+
+class WireScripts:
+    """EVALSHA over a socket per thread; build with :meth:`for_client` (None if unsuitable)."""
+
+    def __init__(self, params: dict[str, Any], sources: Mapping[ScriptName, str]) -> None:
+        self._params = params
+        self._sources = {name: src.encode() for name, src in sources.items()}
+        self._heads = {
+            name: _bulk(b"EVALSHA") + _bulk(hashlib.sha1(src).hexdigest())
+            for name, src in self._sources.items()
+        }
+        self._local = threading.local()
+        self._keys: dict[tuple[str, ...], bytes] = {}
+        # Every open socket with its thread, so that close() (and threads that have ended)
+        # do not leave sockets for the garbage collector.
+        self._open: list[tuple[weakref.ref[threading.Thread], _Conn]] = []
+        self._open_lock = threading.Lock()
+
+    @classmethod
+    def for_client(cls, client: Any, sources: Mapping[ScriptName, str]) -> WireScripts | None:
+        """A wire path equivalent to ``client``, or None where only redis-py will do."""
+        if type(client) is not redis.Redis:
+            return None
+        pool = client.connection_pool
+        if pool.connection_class is not redis.connection.Connection:
+            return None
+        conn = pool.connection_class(**pool.connection_kwargs)  # type: ignore[no-untyped-call]
+        if getattr(conn, "credential_provider", None) is not None and conn.password is None:
+            return None
+        params = {
+            "host": conn.host,
+            "port": conn.port,
+            "db": int(conn.db or 0),
+            "username": conn.username,
+            "password": conn.password,
+            "timeout": conn.socket_timeout,
+            "connect_timeout": conn.socket_connect_timeout,
+        }
+        return cls(params, sources)
+
+    def _conn(self) -> _Conn:
+        conn: _Conn | None = getattr(self._local, "conn", None)
+        if conn is None or conn.pid != os.getpid():
+            conn = self._local.conn = _Conn(self._params)
+            with self._open_lock:
+                alive = []
+                for ref, other in self._open:
+                    thread = ref()
+                    if thread is not None and thread.is_alive() and other.pid == conn.pid:
+                        alive.append((ref, other))
+                    elif other.pid == conn.pid:
+                        other.close()
+                self._open = [*alive, (weakref.ref(threading.current_thread()), conn)]
+        return conn
+
+    def close(self) -> None:
+        """Close every socket this process opened (threads reconnect on their next call)."""
+        with self._open_lock:
+            opened, self._open = self._open, []
+        for _ref, conn in opened:
+            if conn.pid == os.getpid():
+                conn.close()
+
+    def _drop(self) -> None:
+        conn: _Conn | None = getattr(self._local, "conn", None)
+        self._local.conn = None
+        if conn is not None:
+            conn.close()
+            with self._open_lock:
+                self._open = [(r, c) for r, c in self._open if c is not conn]
+
+    def _key_block(self, keys: Sequence[str]) -> bytes:
+        tkeys = tuple(keys)
+        block = self._keys.get(tkeys)
+        if block is None:
+            block = _bulk(len(tkeys)) + b"".join(_bulk(k) for k in tkeys)
+            if len(self._keys) >= _KEY_CACHE:
+                self._keys.clear()
+            self._keys[tkeys] = block
+        return block
+
+    def run(self, name: ScriptName, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """EVALSHA ``name``; loads the script once if Redis does not know it.
+
+        Raises:
+            StoreConnectionError: Redis unreachable, timed out or the connection broke.
+            ScriptError: the script raised an error.
+        """
+        packet = (
+            b"*%d\r\n" % (3 + len(keys) + len(args))
+            + self._heads[name]
+            + self._key_block(keys)
+            + b"".join(_bulk(a) for a in args)
+        )
+        try:
+            conn = self._conn()
+            reply = conn.call(packet)
+            if isinstance(reply, _ReplyError) and str(reply).startswith("NOSCRIPT"):
+                loaded = conn.call(_command([b"SCRIPT", b"LOAD", self._sources[name]]))
+                if isinstance(loaded, _ReplyError):
+                    raise ScriptError(f"SCRIPT LOAD {name} failed: {loaded}")
+                reply = conn.call(packet)
+        except (OSError, ConnectionError, ValueError) as exc:
+            # A broken or timed-out socket cannot be resynchronised: start afresh next time.
+            self._drop()
+            raise StoreConnectionError(f"Redis connection failed: {exc}") from exc
+        if isinstance(reply, _ReplyError):
+            raise ScriptError(str(reply))
+        return reply
