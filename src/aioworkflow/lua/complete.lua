@@ -19,6 +19,8 @@ if ARGV[4] == '1' then redis.call('HSET', RES, node, ARGV[3]) end
 local ok = redis.call('HINCRBY', META, 'ok', 1)
 event('ok', v, state)
 local mode = redis.call('HGET', META, 'mode')
+-- a done node is never pushed again (retry re-runs only nodes not done): free its template
+if mode == 'd' then redis.call('HDEL', TPL, node) end
 local total = tonumber(redis.call('HGET', META, 'total'))
 local out = {}
 if state ~= 'CANCELLED' then cascade(v, total, state, mode, now, out) end
