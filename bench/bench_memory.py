@@ -70,7 +70,7 @@ def _usage(client: redis.Redis, workflow_id: str) -> dict[str, int]:
 async def _measure(url: str, n: int, direct: bool) -> tuple[dict[str, int], dict[str, int], int]:
     store = RedisStore(url=url)
     client = redis.Redis.from_url(url)
-    broker: dramatiq.Broker = RedisBroker(url=url) if direct else StubBroker()
+    broker: dramatiq.Broker = RedisBroker(url=url) if direct else StubBroker()  # type: ignore[no-untyped-call]
     broker.add_middleware(WorkflowMiddleware(store, reconcile_interval=0))
     dramatiq.set_broker(broker)
 
