@@ -24,7 +24,7 @@ def sample(size: int) -> dict[str, Any]:
         {"id": i, "name": f"item-{i}", "tags": ["a", "b"], "score": i * 0.5} for i in range(2000)
     ]
     args: list[Any] = [42, "report"]
-    msg = dramatiq.Message(queue_name="default", actor_name="process", args=tuple(args),
+    msg: dramatiq.Message[Any] = dramatiq.Message(queue_name="default", actor_name="process", args=tuple(args),
                            kwargs={}, options={"max_retries": 3})  # fmt: skip
     base = len(JSONEncoder().encode(msg.asdict()))
     kwargs: dict[str, Any] = {"rows": []}
