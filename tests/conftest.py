@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import dramatiq
+import hypothesis  # noqa: F401 - imported up front: its pytest plugin would import it at exit
 import pytest
 import redis
 from dramatiq.brokers.redis import RedisBroker

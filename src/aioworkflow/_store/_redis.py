@@ -373,9 +373,20 @@ class RedisStore:
             await driver._client.aclose()
 
     def close(self) -> None:
-        """Close the sync connection pool and the worker threads' sockets."""
+        """Close the sync connection pool, the worker threads' sockets, and the async pools of
+        event loops still running in other threads (such as the one behind ``run_sync``)."""
         self._sync.close()
         self._client.close()
+        try:
+            current = asyncio.get_running_loop()
+        except RuntimeError:
+            current = None
+        for loop, driver in list(self._aio.items()):
+            if loop is not current and loop.is_running():
+                self._aio.pop(loop, None)
+                future = asyncio.run_coroutine_threadsafe(driver._client.aclose(), loop)
+                with contextlib.suppress(Exception):
+                    future.result(timeout=5)
 
     def direct_enqueue_possible(self, broker: Any) -> bool:
         """Whether ``broker`` is a RedisBroker on this very Redis (probed once with a nonce)."""
