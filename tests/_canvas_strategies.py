@@ -9,13 +9,16 @@ before ``b`` starts.
 from __future__ import annotations
 
 import itertools
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dramatiq
 from dramatiq.brokers.stub import StubBroker
 from hypothesis import strategies as st
 
 from aioworkflow import Chain, Graph, Group, WithDelay
+
+if TYPE_CHECKING:
+    import random
 
 _broker = StubBroker()
 
@@ -51,23 +54,28 @@ def _shapes(max_leaves: int) -> st.SearchStrategy[Shape]:
     return st.recursive(leaf_shape, extend, max_leaves=max_leaves)
 
 
-def build(shape: Shape, labels: itertools.count[int] | None = None) -> Any:
-    """The canvas of a drawn shape, leaves labelled 0, 1, 2, ... in definition order."""
+def build(shape: Shape, labels: itertools.count[int] | None = None, leaf_actor: Any = None) -> Any:
+    """The canvas of a drawn shape, leaves labelled 0, 1, 2, ... in definition order.
+
+    Leaves are messages of ``leaf_actor`` if given (to run them), else of two stub actors.
+    """
     labels = labels if labels is not None else itertools.count()
     kind = shape[0]
     if kind == "leaf":
+        if leaf_actor is not None:
+            return leaf_actor.message(next(labels))
         return (other_leaf if shape[1] else leaf).message(next(labels))
     if kind == "chain":
-        return Chain(*(build(s, labels) for s in shape[1]))
+        return Chain(*(build(s, labels, leaf_actor) for s in shape[1]))
     if kind == "group":
-        return Group(*(build(s, labels) for s in shape[1]))
+        return Group(*(build(s, labels, leaf_actor) for s in shape[1]))
     if kind == "delay":
-        return WithDelay(build(shape[2], labels), delay=shape[1])
+        return WithDelay(build(shape[2], labels, leaf_actor), delay=shape[1])
     g = Graph()
     refs: list[Any] = []
     for i, (sub, after) in enumerate(shape[1]):
         preds = [refs[j] for j in sorted(after) if j < i]
-        refs.append(g.add(build(sub, labels), after=preds))
+        refs.append(g.add(build(sub, labels, leaf_actor), after=preds))
     return g
 
 
@@ -145,3 +153,19 @@ def required_order(canvas: Any) -> tuple[list[int], set[tuple[int, int]]]:
                 stack.extend(succ[w])
         closure.update((v, w) for w in seen)
     return leaves, closure
+
+
+def random_shape(rng: random.Random, leaves: int) -> Shape:
+    """A random shape with about ``leaves`` leaves, from a seeded generator (no hypothesis)."""
+    if leaves <= 1:
+        return ("leaf", rng.random() < 0.2)
+    kind = rng.choice(["chain", "group", "group", "chain", "graph", "delay"])
+    if kind == "delay":
+        return ("delay", rng.choice([0, 10, 50]), random_shape(rng, leaves))
+    k = min(leaves, rng.randint(2, 5))
+    shares = [leaves // k + (1 if i < leaves % k else 0) for i in range(k)]
+    subs = [random_shape(rng, s) for s in shares]
+    if kind == "graph":
+        return ("graph", [(sub, set(rng.sample(range(i), min(i, rng.randint(0, 2)))))
+                          for i, sub in enumerate(subs)])  # fmt: skip
+    return (kind, subs)
