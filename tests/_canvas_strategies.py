@@ -1,15 +1,29 @@
 """Hypothesis strategies for random canvases, and the ordering a canvas defines.
 
-A canvas is built from a drawn shape (nested tuples), with a unique integer label as each leaf
+A canvas is built from a drawn *shape* (nested tuples), with a unique integer label as each leaf
 message's first argument. :func:`required_order` computes, straight from the canvas and
 independently of the compiler, every pair ``(a, b)`` of labels such that ``a`` must finish
-before ``b`` starts.
+before ``b`` starts; :func:`required_delays` the delay each leaf must carry;
+:func:`assert_runs_respect` checks a recorded execution against both (used by end-to-end tests).
+
+Shapes::
+
+    ("leaf", other_queue)
+    ("chain", [shape, ...], pipe)
+    ("group", [shape, ...])
+    ("delay", ms, shape)
+    ("graph", [(shape, {earlier node, ...}), ...], add_order)
+
+A graph's nodes are added in ``add_order`` (a permutation); a dependency on a node that is not
+added yet becomes a later ``Graph.edge`` call, so edges that point backwards in add order are
+exercised too.
 """
 
 from __future__ import annotations
 
 import itertools
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 import dramatiq
 from dramatiq.brokers.stub import StubBroker
@@ -17,8 +31,16 @@ from hypothesis import strategies as st
 
 from aioworkflow import Chain, Graph, Group, WithDelay
 
-if TYPE_CHECKING:
-    import random
+__all__ = [
+    "LeafFactory",
+    "Shape",
+    "assert_runs_respect",
+    "build",
+    "canvases",
+    "required_delays",
+    "required_order",
+    "shapes",
+]
 
 _broker = StubBroker()
 
@@ -33,118 +55,169 @@ def other_leaf(label: int, *piped: Any) -> None:
     """A leaf on another queue, so queues are mixed."""
 
 
-Shape = Any  # ("leaf", queue) | ("chain"|"group", [shapes]) | ("delay", ms, shape) | ("graph", ...)
+Shape = Any
+#: Makes the leaf message for (label, on the other queue).
+LeafFactory = Callable[[int, bool], Any]
 
 
-def _shapes(max_leaves: int) -> st.SearchStrategy[Shape]:
+def _default_leaf(label: int, other: bool) -> Any:
+    return (other_leaf if other else leaf).message(label)
+
+
+def shapes(max_leaves: int = 30, max_delay: int = 5_000) -> st.SearchStrategy[Shape]:
+    """Random canvas shapes with at most about ``max_leaves`` leaves."""
     leaf_shape = st.tuples(st.just("leaf"), st.booleans())
+
+    def graph_of(nodes: list[tuple[Shape, set[int]]]) -> st.SearchStrategy[Shape]:
+        return st.tuples(st.just("graph"), st.just(nodes), st.permutations(range(len(nodes))))
 
     def extend(children: st.SearchStrategy[Shape]) -> st.SearchStrategy[Shape]:
         seq = st.lists(children, min_size=0, max_size=4)
-        graph = st.lists(
+        nodes = st.lists(
             st.tuples(children, st.sets(st.integers(0, 5), max_size=3)), min_size=1, max_size=5
         )
         return st.one_of(
-            st.tuples(st.just("chain"), seq),
+            st.tuples(st.just("chain"), seq, st.booleans()),
             st.tuples(st.just("group"), seq),
-            st.tuples(st.just("delay"), st.integers(0, 5_000), children),
-            st.tuples(st.just("graph"), graph),
+            st.tuples(st.just("delay"), st.integers(0, max_delay), children),
+            nodes.flatmap(graph_of),
         )
 
     return st.recursive(leaf_shape, extend, max_leaves=max_leaves)
 
 
-def build(shape: Shape, labels: itertools.count[int] | None = None, leaf_actor: Any = None) -> Any:
+def build(
+    shape: Shape, make_leaf: LeafFactory | None = None, labels: Iterator[int] | None = None
+) -> Any:
     """The canvas of a drawn shape, leaves labelled 0, 1, 2, ... in definition order.
 
-    Leaves are messages of ``leaf_actor`` if given (to run them), else of two stub actors.
+    Args:
+        shape: a shape drawn from :func:`shapes`.
+        make_leaf: builds a leaf message from its label (default: actors on a private broker).
+        labels: where labels come from (default: 0, 1, 2, ...).
     """
+    make = make_leaf or _default_leaf
     labels = labels if labels is not None else itertools.count()
     kind = shape[0]
     if kind == "leaf":
-        if leaf_actor is not None:
-            return leaf_actor.message(next(labels))
-        return (other_leaf if shape[1] else leaf).message(next(labels))
+        return make(next(labels), shape[1])
     if kind == "chain":
-        return Chain(*(build(s, labels, leaf_actor) for s in shape[1]))
+        return Chain(*(build(s, make, labels) for s in shape[1]), pipe=shape[2])
     if kind == "group":
-        return Group(*(build(s, labels, leaf_actor) for s in shape[1]))
+        return Group(*(build(s, make, labels) for s in shape[1]))
     if kind == "delay":
-        return WithDelay(build(shape[2], labels, leaf_actor), delay=shape[1])
+        return WithDelay(build(shape[2], make, labels), delay=shape[1])
+    nodes, add_order = shape[1], shape[2]
+    built = [build(sub, make, labels) for sub, _ in nodes]  # labels in definition order
     g = Graph()
-    refs: list[Any] = []
-    for i, (sub, after) in enumerate(shape[1]):
-        preds = [refs[j] for j in sorted(after) if j < i]
-        refs.append(g.add(build(sub, labels, leaf_actor), after=preds))
+    refs: dict[int, Any] = {}
+    late: list[tuple[int, int]] = []
+    for i in add_order:
+        preds = sorted(j for j in nodes[i][1] if j < i)
+        refs[i] = g.add(built[i], after=[refs[j] for j in preds if j in refs])
+        late += [(j, i) for j in preds if j not in refs]
+    for j, i in late:
+        g.edge(refs[j], refs[i])
     return g
 
 
-def canvases(max_leaves: int = 30) -> st.SearchStrategy[Any]:
+def canvases(
+    max_leaves: int = 30, make_leaf: LeafFactory | None = None, max_delay: int = 5_000
+) -> st.SearchStrategy[Any]:
     """Random nested Chain/Group/WithDelay/Graph canvases of dramatiq messages."""
-    return _shapes(max_leaves).map(build)
+    return shapes(max_leaves, max_delay).map(lambda s: build(s, make_leaf))
 
 
-# -- the reference ordering ------------------------------------------------------------------
+# -- the reference semantics -------------------------------------------------------------------
 
 
-def _frag(step: Any, edges: set[tuple[int, int]], leaves: list[int]) -> tuple[set[int], set[int]]:
-    """(entries, exits) of a step; adds its inner edges. Empty steps have no entries/exits."""
-    if isinstance(step, Chain):
+def _graph_order(preds: tuple[tuple[int, ...], ...]) -> list[int]:
+    """Indices of a Graph's steps, each after all the steps it waits for (DFS post-order)."""
+    order: list[int] = []
+    done: set[int] = set()
+
+    def visit(i: int) -> None:
+        if i in done:
+            return
+        done.add(i)
+        for p in preds[i]:
+            visit(p)
+        order.append(i)
+
+    for i in range(len(preds)):
+        visit(i)
+    return order
+
+
+class _Reference:
+    """Walks a canvas and records the direct "finishes before" pairs and the delays."""
+
+    def __init__(self) -> None:
+        self.edges: set[tuple[int, int]] = set()
+        self.leaves: list[int] = []
+        self.delays: dict[int, int] = {}
+
+    def frag(self, step: Any) -> tuple[set[int], set[int]]:
+        """(entries, exits) of a step. An empty step has neither."""
+        if isinstance(step, Chain):
+            entries: set[int] = set()
+            cur: set[int] = set()
+            for sub in step.steps:
+                e, x = self.frag(sub)
+                if not e:
+                    continue  # an empty step is transparent
+                self.edges.update((a, b) for a in cur for b in e)
+                entries = entries or e
+                cur = x
+            return entries, cur
+        if isinstance(step, Group):
+            entries, exits = set(), set()
+            for sub in step.steps:
+                e, x = self.frag(sub)
+                entries |= e
+                exits |= x
+            return entries, exits
+        if isinstance(step, WithDelay):
+            entries, exits = self.frag(step.step)
+            for v in entries:
+                self.delays[v] += step.delay
+            return entries, exits
+        if isinstance(step, Graph):
+            return self.graph(step)
+        label = step.args[0]
+        self.leaves.append(label)
+        self.delays[label] = 0
+        return {label}, {label}
+
+    def graph(self, graph: Graph) -> tuple[set[int], set[int]]:
+        steps, preds = graph.snapshot()
+        frags = [self.frag(sub) for sub in steps]
+        waits_for: dict[int, set[int]] = {}  # what a successor of node i waits for
         entries: set[int] = set()
-        cur: set[int] = set()
-        for sub in step.steps:
-            e, x = _frag(sub, edges, leaves)
-            if not e:
-                continue
-            edges.update((a, b) for a in cur for b in e)
-            if not entries and not cur:
-                entries = e
-            cur = x
-        return entries, cur
-    if isinstance(step, Group):
-        entries, exits = set(), set()
-        for sub in step.steps:
-            e, x = _frag(sub, edges, leaves)
-            entries |= e
-            exits |= x
-        return entries, exits
-    if isinstance(step, WithDelay):
-        return _frag(step.step, edges, leaves)
-    if isinstance(step, Graph):
-        steps, preds = step.snapshot()
-        outs: list[set[int]] = []  # what a successor of each node must wait for
-        has_succ = [False] * len(steps)
-        entries = set()
-        for i, sub in enumerate(steps):
-            incoming: set[int] = set()
-            for p in preds[i]:
-                incoming |= outs[p]
-                has_succ[p] = True
-            e, x = _frag(sub, edges, leaves)
+        for i in _graph_order(preds):
+            incoming = set().union(*(waits_for[p] for p in preds[i]))
+            e, x = frags[i]
             if e:
-                edges.update((a, b) for a in incoming for b in e)
-                if not preds[i] or not incoming:
+                self.edges.update((a, b) for a in incoming for b in e)
+                if not incoming:
                     entries |= e
-                outs.append(x)
-            else:  # an empty node passes its predecessors' ordering through
-                outs.append(incoming)
-        exits = set().union(*(outs[i] for i in range(len(steps)) if not has_succ[i]))
+                waits_for[i] = x
+            else:  # an empty node passes its predecessors' exits through
+                waits_for[i] = incoming
+        has_succ = {p for ps in preds for p in ps}
+        exits = set().union(*(waits_for[i] for i in range(len(steps)) if i not in has_succ))
         return entries, exits
-    label = step.args[0]
-    leaves.append(label)
-    return {label}, {label}
 
 
 def required_order(canvas: Any) -> tuple[list[int], set[tuple[int, int]]]:
-    """All leaf labels in definition order, and the transitive "finishes before" relation."""
-    edges: set[tuple[int, int]] = set()
-    leaves: list[int] = []
-    _frag(canvas, edges, leaves)
-    succ: dict[int, set[int]] = {v: set() for v in leaves}
-    for a, b in edges:
+    """All leaf labels, and the transitive "finishes before" relation between them."""
+    ref = _Reference()
+    ref.frag(canvas)
+    succ: dict[int, set[int]] = {v: set() for v in ref.leaves}
+    for a, b in ref.edges:
         succ[a].add(b)
     closure: set[tuple[int, int]] = set()
-    for v in leaves:
+    for v in ref.leaves:
         stack, seen = list(succ[v]), set()
         while stack:
             w = stack.pop()
@@ -152,20 +225,47 @@ def required_order(canvas: Any) -> tuple[list[int], set[tuple[int, int]]]:
                 seen.add(w)
                 stack.extend(succ[w])
         closure.update((v, w) for w in seen)
-    return leaves, closure
+    return ref.leaves, closure
 
 
-def random_shape(rng: random.Random, leaves: int) -> Shape:
-    """A random shape with about ``leaves`` leaves, from a seeded generator (no hypothesis)."""
-    if leaves <= 1:
-        return ("leaf", rng.random() < 0.2)
-    kind = rng.choice(["chain", "group", "group", "chain", "graph", "delay"])
-    if kind == "delay":
-        return ("delay", rng.choice([0, 10, 50]), random_shape(rng, leaves))
-    k = min(leaves, rng.randint(2, 5))
-    shares = [leaves // k + (1 if i < leaves % k else 0) for i in range(k)]
-    subs = [random_shape(rng, s) for s in shares]
-    if kind == "graph":
-        return ("graph", [(sub, set(rng.sample(range(i), min(i, rng.randint(0, 2)))))
-                          for i, sub in enumerate(subs)])  # fmt: skip
-    return (kind, subs)
+def required_delays(canvas: Any) -> dict[int, int]:
+    """The delay (ms) each leaf carries: the sum of the ``WithDelay`` steps it is an entry of."""
+    ref = _Reference()
+    ref.frag(canvas)
+    return ref.delays
+
+
+def assert_runs_respect(
+    canvas: Any,
+    runs: Iterable[tuple[Any, float, float]],
+    *,
+    started_at: float | None = None,
+    delay_slack: float = 0.005,
+) -> None:
+    """Check a recorded execution: each leaf ran exactly once, never before its predecessors.
+
+    Args:
+        canvas: the canvas that ran.
+        runs: ``(label, start, end)`` per execution, in seconds of one monotonic clock.
+        started_at: when the workflow was submitted; with it, delays are checked too: a leaf
+            with delay ``d`` starts at least ``d`` after its last predecessor finished (or after
+            ``started_at`` if it has none).
+        delay_slack: clock granularity tolerated in the delay check, in seconds.
+    """
+    leaves, order = required_order(canvas)
+    runs = list(runs)
+    ran = sorted(label for label, _, _ in runs)
+    assert ran == sorted(leaves), f"ran {ran}, expected each of {sorted(leaves)} exactly once"
+    times = {label: (start, end) for label, start, end in runs}
+    for a, b in sorted(order):
+        assert times[a][1] <= times[b][0], f"{b} started before {a} finished"
+    if started_at is None:
+        return
+    preds: dict[int, list[int]] = {v: [] for v in leaves}
+    for a, b in order:
+        preds[b].append(a)
+    for v, delay in required_delays(canvas).items():
+        released = max((times[p][1] for p in preds[v]), default=started_at)
+        assert times[v][0] - released >= delay / 1000 - delay_slack, (
+            f"{v} started {times[v][0] - released:.3f} s after its release, delay is {delay} ms"
+        )

@@ -9,10 +9,10 @@ import pytest
 from dramatiq.brokers.stub import StubBroker
 from hypothesis import given, settings, strategies as st
 
-from aioworkflow import Chain, Dag, Graph, Group, WithDelay, compile
-from aioworkflow._codec import pack
+from aioworkflow import Chain, Dag, Graph, Group, NodeRef, WithDelay, compile
+from aioworkflow._codec import pack, unpack
 from aioworkflow.errors import DecodeError, GraphError
-from tests._canvas_strategies import canvases, required_order
+from tests._canvas_strategies import canvases, required_delays, required_order
 
 _broker = StubBroker()
 
@@ -51,6 +51,12 @@ class TestSemantics:
         leaves, order = required_order(canvas)
         assert sorted(n.args[0] for n in dag.nodes) == sorted(leaves)  # one node per leaf
         assert reachability(dag) == order
+
+    @settings(max_examples=200, deadline=None)
+    @given(canvases())
+    def test_each_node_keeps_the_delay_of_the_steps_it_starts(self, canvas: Any) -> None:
+        dag = compile(canvas)
+        assert {n.args[0]: n.delay for n in dag.nodes} == required_delays(canvas)
 
     @settings(max_examples=200, deadline=None)
     @given(canvases())
@@ -126,6 +132,14 @@ class TestKeepsWhatUsersGave:
         dag = compile(Chain(t.message(1), Group(), Chain(), t.message(2)))
         assert reachability(dag) == {(1, 2)}
 
+    def test_pipe_targets_name_the_previous_steps_result(self) -> None:
+        canvas = Chain(t.message("a"), Group(t.message("b"), t.message("c")), t.message("d"))
+        dag = compile(Chain(*canvas.steps, pipe=True))
+        index = {n.args[0]: i for i, n in enumerate(dag.nodes)}
+        pipes = {n.args[0]: n.pipe for n in dag.nodes}
+        assert pipes == {"a": None, "b": index["a"], "c": index["a"], "d": [index["b"], index["c"]]}
+        assert all(n.pipe is None for n in compile(canvas).nodes)
+
     def test_shared_strings_are_stored_once(self) -> None:
         one = len(compile(Group(*[t.message(i) for i in range(10)])).encode())
         many = len(compile(Group(*[t.message(i) for i in range(10_000)])).encode())
@@ -147,7 +161,23 @@ class TestGraphErrors:
         a = g.add(t.message("a"))
         b = g.add(t.message("b"), after=[a])
         g.edge(b, a)
-        with pytest.raises(GraphError, match=r"cycle"):
+        with pytest.raises(GraphError, match=r"cycle through 2 steps.*t\(\.\.\.\) on queue"):
+            compile(g)
+
+    def test_a_cycle_through_empty_steps(self) -> None:
+        g = Graph()
+        a = g.add(t.message("a"))
+        e1 = g.add(Chain(), after=[a])
+        e2 = g.add(Group(), after=[e1])
+        g.edge(e2, e1)
+        with pytest.raises(GraphError, match=r"cycle through empty step \d \((Chain|Group)\(0"):
+            compile(g)
+
+    def test_a_self_edge(self) -> None:
+        g = Graph()
+        a = g.add(q.message("a"))
+        g.edge(a, a)
+        with pytest.raises(GraphError, match=r"cycle.*q\(\.\.\.\) on queue 'slow'"):
             compile(g)
 
     def test_an_edge_to_an_unknown_node_or_a_foreign_ref(self) -> None:
@@ -159,8 +189,13 @@ class TestGraphErrors:
             g.add(t.message("b"), after=[foreign])
         with pytest.raises(GraphError, match="NodeRef"):
             g.add(t.message("b"), after=["a"])  # type: ignore[list-item]
-        with pytest.raises(GraphError):
+        with pytest.raises(GraphError, match=r"Graph.edge: node reference 0 belongs to another"):
             g.edge(a, foreign)
+        with pytest.raises(GraphError, match=r"Graph node 1 \(q\(\.\.\.\).*unknown node 5"):
+            g.add(q.message("b"), after=[NodeRef(a.graph, 5)])
+        with pytest.raises(GraphError, match=r"Graph.edge: edge to unknown node 1"):
+            g.edge(NodeRef(a.graph, 1), a)
+        assert len(g) == 1  # nothing was added by the failed calls
 
     @pytest.mark.parametrize("delay", [-1, 1.5, "10", True, None])
     def test_a_bad_delay(self, delay: Any) -> None:
@@ -171,6 +206,8 @@ class TestGraphErrors:
     def test_an_argument_orjson_cannot_encode_is_reported_at_compile_time(self, bad: Any) -> None:
         with pytest.raises(GraphError, match=r"t\(\.\.\.\)"):
             compile(Chain(t.message(1), Group(t.message(bad))))
+        with pytest.raises(GraphError, match=r"q\(\.\.\.\) on queue 'slow'.*JSON"):
+            compile(Chain(t.message(1), q.message_with_options(args=(1,), kwargs={"k": bad})))
 
 
 class TestDecodeErrors:
@@ -209,9 +246,35 @@ class TestDecodeErrors:
         with pytest.raises(DecodeError):
             Dag.decode(pack(doc))
 
-    def test_a_document_with_out_of_range_successors(self) -> None:
-        from aioworkflow._codec import unpack
+    @pytest.mark.parametrize(
+        ("key", "value"),
+        [
+            ("sh", [["t", "default"]]),  # a shape is (actor, queue, options)
+            ("sh", "t"),
+            ("s", [0, 0, 9]),  # shape index out of range
+            ("a", [[1], [2], 3]),  # args entry not a list
+            ("k", [[0, 5]]),  # kwargs entry not an object
+            ("k", [[7, {}]]),  # kwargs of an unknown node
+            ("d", [[0, -5]]),  # negative delay
+            ("d", [[0, 1.5]]),
+            ("p", [[1, 99]]),  # pipe from an unknown node
+            ("j", -1),
+            ("j", "0"),
+            ("o", [0, 2, 1, 2]),  # offsets not monotonic
+            ("r", [0, "x"]),
+        ],
+    )
+    def test_a_structurally_invalid_field(self, key: str, value: Any) -> None:
+        doc = unpack(self.blob())
+        assert isinstance(doc, dict)
+        assert Dag.decode(pack(doc)) == Dag.decode(self.blob())  # the unmodified doc is valid
+        with pytest.raises(DecodeError, match="malformed DAG blob"):
+            Dag.decode(pack({**doc, key: value}))
+        missing = {k: v for k, v in doc.items() if k != key}
+        with pytest.raises(DecodeError, match="malformed DAG blob"):
+            Dag.decode(pack(missing))
 
+    def test_a_document_with_out_of_range_successors(self) -> None:
         doc = unpack(self.blob())
         assert isinstance(doc, dict)
         # every structural field is checked: corrupt each integer list in turn
