@@ -1,0 +1,1 @@
+"""Importable actor modules for the benchmark's dramatiq CLI workers."""
