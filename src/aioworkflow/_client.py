@@ -31,6 +31,7 @@ from ._status import Event, State, Transition, WorkflowStatus
 from ._store._base import Loaded
 from .errors import (
     ConfigurationError,
+    StoreConnectionError,
     WorkflowCancelled,
     WorkflowFailed,
     WorkflowNotFound,
@@ -235,15 +236,23 @@ class WorkflowHandle:
         deadline = None if timeout is None else time.monotonic() + timeout
         last = await aio.last_event_id(self.id, states_only=True)
         status = await self.status()
+        pause = 0.05
         while not status.done:
             remaining = 5.0 if deadline is None else min(5.0, deadline - time.monotonic())
             if remaining <= 0:
                 raise WorkflowTimeout(f"workflow {self.id} still {status.state} after {timeout} s")
             block_ms = max(1, int(remaining * 1000))
-            events = await aio.events(self.id, last, block_ms=block_ms, states_only=True)
-            if events:
-                last = events[-1].id
-            status = await self.status()
+            try:
+                events = await aio.events(self.id, last, block_ms=block_ms, states_only=True)
+                if events:
+                    last = events[-1].id
+                status = await self.status()
+                pause = 0.05
+            except StoreConnectionError:
+                # A dropped connection or a Redis restart is not the workflow's outcome: keep
+                # waiting (reconnecting with back-off) until the deadline says otherwise.
+                await anyio.sleep(min(pause, max(0.0, remaining)))
+                pause = min(pause * 2, 2.0)
         return status
 
     async def result(self, timeout: float | None = None) -> Any:  # noqa: ASYNC109 - public API

@@ -40,6 +40,8 @@ __all__ = ["RedisStore"]
 
 #: Roots released per start-script call: keeps each call short on a 100,000-root workflow.
 ROOT_CHUNK = 1000
+#: Connections per event loop for the async client; further callers wait for a free one.
+AIO_MAX_CONNECTIONS = 64
 #: Longest blocking XREAD: redis-py's default socket read timeout (5 s) must not cut it off;
 #: callers simply block again.
 MAX_BLOCK_MS = 2000
@@ -357,12 +359,20 @@ class RedisStore:
                     host=nodes[0].host, port=nodes[0].port
                 )
             elif self.url is not None:
-                client = redis.asyncio.Redis.from_url(self.url, **_LIB)
+                # A blocking pool: many concurrent run()/wait() calls queue for a connection
+                # instead of failing with "Too many connections".
+                pool = redis.asyncio.BlockingConnectionPool.from_url(
+                    self.url, max_connections=AIO_MAX_CONNECTIONS, timeout=None, **_LIB
+                )
+                client = redis.asyncio.Redis.from_pool(pool)
             else:
                 accepted = inspect.signature(redis.asyncio.Redis).parameters
                 kwargs = self._client.connection_pool.connection_kwargs
-                kept = {k: v for k, v in kwargs.items() if k in accepted}
-                client = redis.asyncio.Redis(**{**kept, **_LIB})
+                kept = {k: v for k, v in kwargs.items() if k in accepted and k != "max_connections"}
+                pool = redis.asyncio.BlockingConnectionPool(
+                    max_connections=AIO_MAX_CONNECTIONS, timeout=None, **{**kept, **_LIB}
+                )
+                client = redis.asyncio.Redis.from_pool(pool)
             driver = self._aio[loop] = _AsyncDriver(client)
         return driver
 
