@@ -40,6 +40,7 @@ __all__ = [
     "required_delays",
     "required_order",
     "shapes",
+    "sized_shapes",
 ]
 
 _broker = StubBroker()
@@ -64,12 +65,14 @@ def _default_leaf(label: int, other: bool) -> Any:
     return (other_leaf if other else leaf).message(label)
 
 
-def shapes(max_leaves: int = 30, max_delay: int = 5_000) -> st.SearchStrategy[Shape]:
-    """Random canvas shapes with at most about ``max_leaves`` leaves."""
-    leaf_shape = st.tuples(st.just("leaf"), st.booleans())
+def _graph_of(nodes: list[tuple[Shape, set[int]]]) -> st.SearchStrategy[Shape]:
+    """A graph shape of these nodes, added in a random order."""
+    return st.tuples(st.just("graph"), st.just(nodes), st.permutations(range(len(nodes))))
 
-    def graph_of(nodes: list[tuple[Shape, set[int]]]) -> st.SearchStrategy[Shape]:
-        return st.tuples(st.just("graph"), st.just(nodes), st.permutations(range(len(nodes))))
+
+def shapes(max_leaves: int = 30, max_delay: int = 5_000) -> st.SearchStrategy[Shape]:
+    """Random canvas shapes with at most about ``max_leaves`` leaves (most are small)."""
+    leaf_shape = st.tuples(st.just("leaf"), st.booleans())
 
     def extend(children: st.SearchStrategy[Shape]) -> st.SearchStrategy[Shape]:
         seq = st.lists(children, min_size=0, max_size=4)
@@ -80,10 +83,50 @@ def shapes(max_leaves: int = 30, max_delay: int = 5_000) -> st.SearchStrategy[Sh
             st.tuples(st.just("chain"), seq, st.booleans()),
             st.tuples(st.just("group"), seq),
             st.tuples(st.just("delay"), st.integers(0, max_delay), children),
-            nodes.flatmap(graph_of),
+            nodes.flatmap(_graph_of),
         )
 
     return st.recursive(leaf_shape, extend, max_leaves=max_leaves)
+
+
+@st.composite
+def sized_shapes(
+    draw: st.DrawFn, min_leaves: int = 10, max_leaves: int = 40, max_delay: int = 5_000
+) -> Shape:
+    """A shape of exactly ``n`` leaves, ``min_leaves <= n <= max_leaves``, split at random.
+
+    :func:`shapes` draws mostly small canvases; this one keeps the size up (for end-to-end
+    runs) while still mixing every kind of step, empty steps included.
+    """
+    n = draw(st.integers(min_leaves, max_leaves))
+
+    def part(budget: int, delayed: bool, depth: int = 0) -> Shape:
+        if budget == 0:
+            return draw(st.sampled_from([("chain", [], False), ("group", [])]))
+        if budget == 1 and depth > 4:
+            return ("leaf", draw(st.booleans()))
+        kinds = (["leaf"] if budget == 1 else []) + ["chain", "group", "graph"]
+        kind = draw(st.sampled_from(kinds if delayed else [*kinds, "delay"]))
+        if kind == "leaf":
+            return ("leaf", draw(st.booleans()))
+        if kind == "delay":
+            return ("delay", draw(st.integers(0, max_delay)), part(budget, True, depth + 1))
+        k = draw(st.integers(min(budget, 2), min(budget, 5)))
+        cuts = sorted(draw(st.lists(st.integers(1, budget - 1), min_size=k - 1, max_size=k - 1,
+                                    unique=True))) if k > 1 else []  # fmt: skip
+        budgets = [b - a for a, b in itertools.pairwise([0, *cuts, budget])]
+        if draw(st.integers(0, 9)) == 0:  # now and then an empty step among the parts
+            budgets.insert(draw(st.integers(0, len(budgets))), 0)
+        parts = [part(b, False, depth + 1) for b in budgets]
+        if kind == "chain":
+            return ("chain", parts, draw(st.booleans()))
+        if kind == "group":
+            return ("group", parts)
+        nodes = [(p, draw(st.sets(st.integers(0, max(0, i - 1)), max_size=2)) if i else set())
+                 for i, p in enumerate(parts)]  # fmt: skip
+        return ("graph", nodes, draw(st.permutations(range(len(nodes)))))
+
+    return part(n, False)
 
 
 def build(

@@ -7,12 +7,18 @@ from typing import Any
 import dramatiq
 import pytest
 from dramatiq.brokers.stub import StubBroker
-from hypothesis import given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from aioworkflow import Chain, Dag, Graph, Group, NodeRef, WithDelay, compile
 from aioworkflow._codec import pack, unpack
 from aioworkflow.errors import DecodeError, GraphError
-from tests._canvas_strategies import canvases, required_delays, required_order
+from tests._canvas_strategies import (
+    build,
+    canvases,
+    required_delays,
+    required_order,
+    sized_shapes,
+)
 
 _broker = StubBroker()
 
@@ -51,6 +57,17 @@ class TestSemantics:
         leaves, order = required_order(canvas)
         assert sorted(n.args[0] for n in dag.nodes) == sorted(leaves)  # one node per leaf
         assert reachability(dag) == order
+
+    @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(sized_shapes(min_leaves=20, max_leaves=120))
+    def test_reachability_and_delays_of_larger_canvases(self, shape: Any) -> None:
+        canvas = build(shape)
+        dag = compile(canvas)
+        leaves, order = required_order(canvas)
+        assert sorted(n.args[0] for n in dag.nodes) == sorted(leaves)
+        assert reachability(dag) == order
+        assert {n.args[0]: n.delay for n in dag.nodes} == required_delays(canvas)
+        assert Dag.decode(dag.encode()) == dag
 
     @settings(max_examples=200, deadline=None)
     @given(canvases())

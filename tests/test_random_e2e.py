@@ -1,51 +1,148 @@
-"""Random canvases run end to end: every node once, never before all its predecessors."""
+"""End to end: random canvases run on the real runtime, in every environment of ``env``.
+
+Each example draws a canvas of up to about 40 leaves (nested chains, groups, short delays,
+graphs with edges in any order, piped chains), runs it with a worker and checks the recorded
+execution against the ordering computed from the canvas alone (``tests._canvas_strategies``):
+every leaf ran exactly once, none started before all of its predecessors had finished, none
+started before its delay had passed, and piped arguments and the workflow result are what
+the compiled result specs say.
+"""
 
 from __future__ import annotations
 
 import itertools
-import random
-from typing import TYPE_CHECKING, Any
+import threading
+import time
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import anyio
+import pytest
+from hypothesis import HealthCheck, Phase, given, note, settings
 
-from aioworkflow import State, Workflow
-from tests._canvas_strategies import build, random_shape, required_order
+from aioworkflow import State, Workflow, compile
+from tests._canvas_strategies import assert_runs_respect, build, sized_shapes
+from tests.conftest import Recorder
 
 if TYPE_CHECKING:
+    from aioworkflow._dag import ResultSpec
+    from tests._canvas_strategies import Shape
     from tests.conftest import Env
 
+#: Label blocks, one per example, so a late duplicate of an earlier run cannot pass unnoticed.
+_blocks = itertools.count(1)
 
-async def test_random_canvases_run_in_canvas_order(env: Env) -> None:
-    # Given 12 random nested Chain/Group/WithDelay/Graph canvases of 1-40 tasks
-    rng = random.Random(20261123)
-    labels = itertools.count()
 
-    def task(label: int, *piped: Any) -> None:
-        started = env.rec.start(label)
-        env.rec.finish(label, started)
+class _Leaves:
+    """The two leaf actors of one env, and the piped arguments each label received."""
 
-    t = env.actor(task, actor_name=f"rand_{env.name}")
-    canvases = []
-    for _ in range(12):
-        shape = random_shape(rng, rng.randint(1, 40))
-        canvases.append(build(shape, labels, leaf_actor=t))
-    env.worker(threads=8)
+    def __init__(self, env: Env) -> None:
+        self.lock = threading.Lock()
+        self.piped: dict[int, tuple[Any, ...]] = {}
 
-    # When they all run at once
-    async def run_one(canvas: Any, states: list[State]) -> None:
-        handle = await Workflow(canvas).run()
-        states.append((await handle.wait(timeout=60)).state)
+        def leaf(label: int, *piped: Any) -> int:
+            started = env.rec.start(label)
+            with self.lock:
+                self.piped[label] = piped
+            env.rec.finish(label, started)
+            return label
 
-    states: list[State] = []
-    async with anyio.create_task_group() as tg:
-        for canvas in canvases:
-            tg.start_soon(run_one, canvas, states)
+        self.leaf = env.actor(leaf, actor_name=f"rand_leaf_{env.name}")
+        self.other = env.actor(leaf, actor_name=f"rand_other_{env.name}", queue_name="rand_other")
 
-    # Then every workflow succeeded, every node ran exactly once, after its predecessors
-    assert states == [State.SUCCEEDED] * len(canvases)
-    runs = {label: (start, end) for label, start, end in env.rec.runs}
-    all_labels = [label for c in canvases for label in required_order(c)[0]]
-    assert sorted(env.rec.labels()) == sorted(all_labels)
-    for canvas in canvases:
-        for a, b in required_order(canvas)[1]:
-            assert runs[a][1] <= runs[b][0], f"{b} started before {a} finished"
+    def message(self, label: int, other: bool) -> Any:
+        return (self.other if other else self.leaf).message(label)
+
+
+_leaves: dict[int, _Leaves] = {}  # by id(env.broker): actors are declared once per env
+
+
+def _evaluate(spec: ResultSpec, labels: list[int]) -> Any:
+    """The value a result spec stands for when every node's result is its label."""
+    if isinstance(spec, int):
+        return labels[spec]
+    if isinstance(spec, list):
+        return [_evaluate(s, labels) for s in spec]
+    return None
+
+
+# The worker threads of a real broker draw from the global ``random`` while hypothesis draws a
+# shape, which hypothesis mistakes for a strategy using ``random``: ignore that warning here.
+@pytest.mark.filterwarnings("ignore::hypothesis.errors.HypothesisDeprecationWarning")
+@settings(
+    max_examples=20,
+    deadline=None,
+    phases=[Phase.explicit, Phase.reuse, Phase.generate],  # shrinking real runs is too slow
+    suppress_health_check=[
+        HealthCheck.function_scoped_fixture,
+        HealthCheck.too_slow,
+        HealthCheck.large_base_example,
+    ],
+)
+@given(shape=sized_shapes(min_leaves=10, max_leaves=40, max_delay=50))
+async def test_random_canvases_run_each_node_once_in_order(env: Env, shape: Shape) -> None:
+    # Given a worker on this env and a fresh recorder for this example
+    leaves = _leaves.get(id(env.broker))
+    if leaves is None:
+        leaves = _leaves[id(env.broker)] = _Leaves(env)
+        env.worker(threads=8)
+    env.rec = Recorder()
+    canvas = build(shape, leaves.message, itertools.count(next(_blocks) * 10_000))
+    dag = compile(canvas)
+    note(f"{len(dag)} nodes, {dag.edge_count} edges, {dag.n_joins} joins: {shape!r}")
+
+    # When the canvas runs as a workflow
+    started_at = time.monotonic()
+    handle = await Workflow(canvas).run()
+    status = await handle.wait(timeout=30)
+    result = await handle.result(timeout=5)
+
+    # Then it succeeded, every node ran once and after its predecessors and delays
+    assert status.state is State.SUCCEEDED, status
+    assert (status.total, status.succeeded, status.failed) == (len(dag), len(dag), 0)
+    assert_runs_respect(canvas, env.rec.runs, started_at=started_at)
+    # and each piped argument and the workflow's result follow the compiled result specs
+    labels = [node.args[0] for node in dag.nodes]
+    for i, node in enumerate(dag.nodes):
+        # a node in dag.pipes gets one more argument, even when the spec is None (an empty step)
+        expected = (_evaluate(node.pipe, labels),) if i in dag.pipes else ()
+        assert leaves.piped[labels[i]] == expected, f"node {labels[i]} got a wrong piped input"
+    assert result == _evaluate(dag.result, labels)
+
+
+class TestTheRunChecker:
+    """``assert_runs_respect`` itself: it rejects each kind of bad execution."""
+
+    @staticmethod
+    def canvas() -> Any:
+        # 0 -> {1, 2 (delayed 100 ms)} -> 3, built with the strategies' default leaves
+        return build(
+            ("chain", [("leaf", False), ("group", [("leaf", False), ("delay", 100, ("leaf", True))]),
+                       ("leaf", False)], False)
+        )  # fmt: skip
+
+    GOOD: ClassVar[list[tuple[int, float, float]]] = [
+        (0, 1.0, 1.1), (1, 1.2, 1.3), (2, 1.25, 1.4), (3, 1.5, 1.6)
+    ]  # fmt: skip
+
+    def test_accepts_a_valid_execution(self) -> None:
+        assert_runs_respect(self.canvas(), self.GOOD, started_at=0.9)
+
+    @pytest.mark.parametrize(
+        ("runs", "match"),
+        [
+            (GOOD[:3], "exactly once"),  # a node never ran
+            ([*GOOD, (1, 2.0, 2.1)], "exactly once"),  # a node ran twice
+            ([*GOOD, (7, 2.0, 2.1)], "exactly once"),  # a stray label
+            ([(0, 1.0, 1.3), *GOOD[1:]], "1 started before 0 finished"),
+            ([*GOOD[:3], (3, 1.35, 1.6)], "3 started before 2 finished"),
+            ([*GOOD[:2], (2, 1.15, 1.2), GOOD[3]], "2 started 0.050 s after its release"),
+        ],
+    )
+    def test_rejects(self, runs: list[tuple[int, float, float]], match: str) -> None:
+        with pytest.raises(AssertionError, match=match):
+            assert_runs_respect(self.canvas(), runs, started_at=0.9)
+
+    def test_a_delayed_root_counts_from_the_submission(self) -> None:
+        canvas = build(("delay", 200, ("leaf", False)))
+        assert_runs_respect(canvas, [(0, 1.2, 1.3)], started_at=1.0)
+        with pytest.raises(AssertionError, match="delay is 200 ms"):
+            assert_runs_respect(canvas, [(0, 1.1, 1.3)], started_at=1.0)
