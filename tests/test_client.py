@@ -18,6 +18,7 @@ from aioworkflow import (
     GraphError,
     Group,
     MemoryStore,
+    MessageTooLarge,
     RedisStore,
     State,
     SyncWorkflowHandle,
@@ -96,6 +97,20 @@ class TestSubmit:
             await Workflow(Chain(t.message(1), t.message(object())), id="bad").run()
         with pytest.raises(WorkflowNotFound):
             await WorkflowHandle("bad").status()
+
+    async def test_oversized_arguments_fail_at_run_naming_the_node(self, redis_env: Env) -> None:
+        t = declare_task(redis_env)
+        big = "x" * (2 << 20)
+        canvas = Chain(t.message(1), Group(t.message(2), t.message(big)))
+        with pytest.raises(MessageTooLarge, match=r"node 2 \(task_redis\).*exceed") as info:
+            await Workflow(canvas, id="big", max_message_bytes=1 << 20).run()
+        assert (info.value.node, info.value.limit) == (2, 1 << 20)
+        assert info.value.size > 2 << 20
+        with pytest.raises(WorkflowNotFound):
+            await WorkflowHandle("big").status()
+        # the same canvas under the default cap (8 MiB) is accepted
+        handle = await Workflow(canvas, id="big").run()
+        assert (await handle.status()).total == 3
 
     async def test_a_taken_id_is_refused_and_the_first_workflow_is_untouched(
         self, redis_env: Env

@@ -31,6 +31,7 @@ from ._status import Event, State, Transition, WorkflowStatus
 from ._store._base import Loaded
 from .errors import (
     ConfigurationError,
+    MessageTooLarge,
     StoreConnectionError,
     WorkflowCancelled,
     WorkflowFailed,
@@ -72,6 +73,17 @@ def status_from_meta(workflow_id: str, meta: dict[str, str], running: int) -> Wo
     )
 
 
+#: Default cap on one node's encoded arguments (``Workflow(max_message_bytes=...)``).
+MAX_MESSAGE_BYTES = 8 << 20
+
+
+def _check_sizes(dag: Dag, limit: int) -> None:
+    for i, args in enumerate(dag.args):
+        size = len(_codec.dumps_json(args)) + len(_codec.dumps_json(dag.kwargs.get(i, {})))
+        if size > limit:
+            raise MessageTooLarge(i, dag.node(i).actor_name, size, limit)
+
+
 def _resolve(
     broker: dramatiq.Broker | None, store: StoreBackend | None
 ) -> tuple[dramatiq.Broker, StoreBackend]:
@@ -95,6 +107,10 @@ class Workflow:
         id: the workflow id (default: a fresh random id).
         audit: log every node release as a ``node_released`` event (costs one stream entry
             per release; meant for tests and debugging).
+        max_message_bytes: the largest encoded arguments of one node; ``run()`` raises
+            :class:`~aioworkflow.errors.MessageTooLarge` above it, before storing anything
+            (brokers and Redis have hard limits; big data belongs in storage, passed by
+            reference).
 
     Both callbacks receive the workflow id appended as their last positional argument, so
     ``notify.message("done")`` is called as ``notify("done", workflow_id)``.
@@ -108,6 +124,7 @@ class Workflow:
         on_failure: Any = None,
         id: str | None = None,
         audit: bool = False,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
     ) -> None:
         _check_step(canvas, "Workflow")
         for name, cb in (("on_success", on_success), ("on_failure", on_failure)):
@@ -118,6 +135,7 @@ class Workflow:
         self.on_failure = on_failure
         self.id = id
         self.audit = audit
+        self.max_message_bytes = max_message_bytes
 
     def compile(self) -> Dag:
         """Compile the canvas (pure; raises GraphError)."""
@@ -134,6 +152,7 @@ class Workflow:
 
         Raises:
             GraphError: the canvas does not compile (nothing is stored).
+            MessageTooLarge: a node's arguments exceed ``max_message_bytes``.
             WorkflowExists: ``id`` is taken (nothing is changed).
             StoreError: the store failed.
         """
@@ -142,6 +161,7 @@ class Workflow:
 
         def prepare() -> tuple[Loaded, Any, list[str]]:
             dag = compile_canvas(self.canvas)
+            _check_sizes(dag, self.max_message_bytes)
             direct = direct_mode(store, broker)
             upload = build_upload(
                 workflow_id,

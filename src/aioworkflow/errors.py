@@ -123,6 +123,20 @@ class WorkflowCancelled(AioWorkflowError):
         self.workflow_id = workflow_id
 
 
+class MessageTooLarge(GraphError):
+    """A node's arguments encode to more than the workflow's message size cap.
+
+    Raised by ``Workflow.run()`` before anything is stored, naming the node and its actor.
+    """
+
+    def __init__(self, node: int, actor: str, size: int, limit: int) -> None:
+        super().__init__(
+            f"node {node} ({actor}): arguments of {size} bytes exceed the message cap of "
+            f"{limit} bytes (Workflow(max_message_bytes=...)); pass a reference instead"
+        )
+        self.node, self.actor, self.size, self.limit = node, actor, size, limit
+
+
 class ResultTooLarge(AioWorkflowError):
     """A node's result exceeds the store's result size cap.
 
