@@ -183,3 +183,27 @@ def test_a_worker_runs_large_messages_through_the_encoder(lz4_encoder: LZ4JSONEn
     finally:
         worker.stop()
     assert seen == [20_000]
+
+
+def test_a_quarantining_worker_rejects_garbage_and_goes_on() -> None:
+    before = dramatiq.get_encoder()
+    dramatiq.set_encoder(LZ4JSONEncoder(quarantine=True))
+    broker = StubBroker()
+    broker.emit_after("process_boot")
+    done = threading.Event()
+
+    @dramatiq.actor(broker=broker)
+    def ok(n: int) -> None:
+        done.set()
+
+    broker.queues["default"].put(b"\xa7w\x01\x01 not a frame")  # garbage queued first
+    ok.send(1)
+    worker = dramatiq.Worker(broker, worker_threads=1, worker_timeout=50)
+    worker.start()
+    try:
+        assert done.wait(10)  # the message behind the garbage still runs
+        broker.join("default", fail_fast=False)
+    finally:
+        worker.stop()
+        dramatiq.set_encoder(before)
+    assert [m.actor_name for m in broker.dead_letters] == [QUARANTINE_ACTOR]

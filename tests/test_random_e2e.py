@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import pytest
 from hypothesis import HealthCheck, Phase, given, note, settings
 
-from aioworkflow import State, Workflow, compile
+from aioworkflow import State, Workflow, WorkflowTimeout, compile
 from tests._canvas_strategies import assert_runs_respect, build, sized_shapes
 from tests.conftest import Recorder
 
@@ -45,8 +45,12 @@ class _Leaves:
             env.rec.finish(label, started)
             return label
 
-        self.leaf = env.actor(leaf, actor_name=f"rand_leaf_{env.name}")
-        self.other = env.actor(leaf, actor_name=f"rand_other_{env.name}", queue_name="rand_other")
+        # Queues of this module only: the RabbitMQ server is shared with other test runs, whose
+        # fixtures purge (and whose workers consume) the queues they declare, like "default".
+        self.leaf = env.actor(leaf, actor_name=f"rand_leaf_{env.name}", queue_name="rand_e2e")
+        self.other = env.actor(
+            leaf, actor_name=f"rand_other_{env.name}", queue_name="rand_e2e_other"
+        )
 
     def message(self, label: int, other: bool) -> Any:
         return (self.other if other else self.leaf).message(label)
@@ -64,6 +68,7 @@ def _evaluate(spec: ResultSpec, labels: list[int]) -> Any:
     return None
 
 
+@pytest.mark.timeout(120)  # a stalled example waits 20 s, and hypothesis replays a failure
 # The worker threads of a real broker draw from the global ``random`` while hypothesis draws a
 # shape, which hypothesis mistakes for a strategy using ``random``: ignore that warning here.
 @pytest.mark.filterwarnings("ignore::hypothesis.errors.HypothesisDeprecationWarning")
@@ -92,7 +97,12 @@ async def test_random_canvases_run_each_node_once_in_order(env: Env, shape: Shap
     # When the canvas runs as a workflow
     started_at = time.monotonic()
     handle = await Workflow(canvas).run()
-    status = await handle.wait(timeout=30)
+    try:
+        status = await handle.wait(timeout=20)
+    except WorkflowTimeout:
+        ran = {label for label, _, _ in env.rec.runs}
+        missing = sorted(n.args[0] for n in dag.nodes if n.args[0] not in ran)
+        pytest.fail(f"stalled: {await handle.status()}; never ran: {missing}")
     result = await handle.result(timeout=5)
 
     # Then it succeeded, every node ran once and after its predecessors and delays
