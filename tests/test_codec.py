@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import lz4.frame
@@ -9,7 +10,16 @@ import orjson
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from aioworkflow._codec import COMPRESS_MIN, MAGIC, VERSION, inflate, pack, unpack
+from aioworkflow._codec import (
+    COMPRESS_MIN,
+    MAGIC,
+    VERSION,
+    has_nonfinite,
+    inflate,
+    pack,
+    unpack,
+    unpack_body,
+)
 from aioworkflow.errors import DecodeError
 
 json_values = st.recursive(
@@ -42,6 +52,16 @@ class TestRoundTrip:
         assert len(large) < len(b"abc" * 100) / 2
         assert pack("x" * (COMPRESS_MIN - 3))[:4] == RAW  # 'x'*(MIN-3) is MIN-1 bytes of JSON
         assert pack("x" * (COMPRESS_MIN - 2))[:4] == LZ4
+
+    @pytest.mark.parametrize("compress", [True, False])
+    def test_unpack_body_gives_the_json_bytes(self, compress: bool) -> None:
+        value = {"a": list(range(100))}
+        assert unpack_body(pack(value, compress=compress)) == orjson.dumps(value)
+
+    def test_has_nonfinite(self) -> None:
+        assert not has_nonfinite([1, 2.5, None, "nan", {"a": (1e308,)}])
+        for bad in (math.nan, math.inf, -math.inf):
+            assert has_nonfinite({"a": [1, (2, {"b": bad})]})
 
     def test_non_string_keys_are_written_as_strings(self) -> None:
         assert unpack(pack({1: "a"})) == {"1": "a"}

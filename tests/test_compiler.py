@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import dramatiq
@@ -219,12 +220,19 @@ class TestGraphErrors:
         with pytest.raises(GraphError, match=r"WithDelay\(t\(\.\.\.\).*delay"):
             WithDelay(t.message(1), delay=delay)
 
-    @pytest.mark.parametrize("bad", [object(), {1, 2}, b"\xff", 2**70])
+    @pytest.mark.parametrize("bad", [object(), {1, 2}, b"\xff", 2**70, math.nan, -math.inf])
     def test_an_argument_orjson_cannot_encode_is_reported_at_compile_time(self, bad: Any) -> None:
         with pytest.raises(GraphError, match=r"t\(\.\.\.\)"):
             compile(Chain(t.message(1), Group(t.message(bad))))
         with pytest.raises(GraphError, match=r"q\(\.\.\.\) on queue 'slow'.*JSON"):
             compile(Chain(t.message(1), q.message_with_options(args=(1,), kwargs={"k": bad})))
+
+    def test_none_and_finite_floats_are_fine(self) -> None:
+        dag = compile(Group(t.message(None, 1.5), t.message(0, k=[None, 1e300])))
+        assert [(n.args, n.kwargs) for n in dag.nodes] == [
+            ((None, 1.5), {}),
+            ((0,), {"k": [None, 1e300]}),
+        ]
 
 
 class TestDecodeErrors:
@@ -290,6 +298,21 @@ class TestDecodeErrors:
         missing = {k: v for k, v in doc.items() if k != key}
         with pytest.raises(DecodeError, match="malformed DAG blob"):
             Dag.decode(pack(missing))
+
+    def test_a_cycle_or_a_join_without_predecessors(self) -> None:
+        doc = unpack(self.blob())  # 0 -> 1, 0 -> 2
+        assert isinstance(doc, dict)
+        assert (doc["o"], doc["t"], doc["j"]) == ([0, 2, 2, 2], [1, 2], 0)
+        with pytest.raises(DecodeError, match="cycle"):  # 0 -> 1 -> 0
+            Dag.decode(pack({**doc, "o": [0, 2, 3, 3], "t": [1, 2, 0]}))
+        with pytest.raises(DecodeError, match="cycle"):  # 2 -> 2
+            Dag.decode(pack({**doc, "o": [0, 2, 2, 3], "t": [1, 2, 2]}))
+        with pytest.raises(DecodeError, match="join node without predecessors"):
+            Dag.decode(pack({**doc, "j": 1, "o": [0, 1, 1, 1, 2], "t": [1, 2]}))
+        # a join with a predecessor is fine: 0 -> J -> {1, 2}
+        dag = Dag.decode(pack({**doc, "j": 1, "o": [0, 1, 1, 1, 3], "t": [3, 1, 2]}))
+        assert dag.task_successors(0) == (1, 2)
+        assert [dag.predecessor_count(v) for v in range(dag.size)] == [0, 1, 1, 1]
 
     def test_a_document_with_out_of_range_successors(self) -> None:
         doc = unpack(self.blob())

@@ -41,6 +41,18 @@ class TestLZ4JSONEncoder:
         nan = LZ4JSONEncoder().decode(JSONEncoder().encode(message((math.nan,))))
         assert math.isnan(nan["args"][0])
 
+    @pytest.mark.parametrize("threshold", [0, 1 << 20])  # compressed, plain
+    def test_nan_and_infinities_survive_a_round_trip(self, threshold: int) -> None:
+        # orjson would write them as null; dramatiq's JSONEncoder keeps them, so must we
+        enc = LZ4JSONEncoder(threshold=threshold)
+        data = message((math.nan, math.inf, -math.inf, None, "n" * 300))
+        encoded = enc.encode(data)
+        assert (encoded[:2] == MAGIC) is (threshold == 0)
+        args = enc.decode(encoded)["args"]
+        assert math.isnan(args[0])
+        assert args[1:4] == [math.inf, -math.inf, None]
+        assert JSONEncoder().decode(JSONEncoder().encode(data))["args"][1:] == args[1:]
+
     def test_small_messages_stay_plain_json_large_ones_are_compressed(self) -> None:
         enc = LZ4JSONEncoder(threshold=1024)
         small_data = message((1,))

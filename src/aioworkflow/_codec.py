@@ -12,6 +12,7 @@ Small bodies are stored raw: lz4 only pays off above ``COMPRESS_MIN`` bytes.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import lz4.frame
@@ -19,7 +20,17 @@ import orjson
 
 from .errors import DecodeError
 
-__all__ = ["COMPRESS_MIN", "MAGIC", "VERSION", "dumps_json", "inflate", "pack", "unpack"]
+__all__ = [
+    "COMPRESS_MIN",
+    "MAGIC",
+    "VERSION",
+    "dumps_json",
+    "has_nonfinite",
+    "inflate",
+    "pack",
+    "unpack",
+    "unpack_body",
+]
 
 #: Leading bytes of every blob; 0xA7 is not valid UTF-8 as a first byte, so never JSON text.
 MAGIC = b"\xa7w"
@@ -36,6 +47,24 @@ _FLAG_LZ4 = 0x01
 def dumps_json(obj: Any) -> bytes:
     """orjson with the options aioworkflow always uses (non-string dict keys allowed)."""
     return orjson.dumps(obj, option=orjson.OPT_NON_STR_KEYS)
+
+
+def has_nonfinite(obj: Any) -> bool:
+    """Whether ``obj`` holds a float NaN or infinity, which orjson silently writes as ``null``.
+
+    Cheap callers first check for ``b"null"`` in orjson's output: no ``null``, no such float.
+    """
+    stack = [obj]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, float):
+            if not math.isfinite(item):
+                return True
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+    return False
 
 
 def pack(obj: Any, *, compress: bool | None = None) -> bytes:
@@ -86,6 +115,19 @@ def unpack(data: bytes, *, limit: int = MAX_INFLATED) -> Any:
     Raises:
         DecodeError: not a blob, unknown version or flags, corrupt frame, or invalid JSON.
     """
+    body = unpack_body(data, limit=limit)
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise DecodeError(f"corrupt JSON body: {exc}", bytes(data[:64])) from exc
+
+
+def unpack_body(data: bytes, *, limit: int = MAX_INFLATED) -> bytes:
+    """The JSON bytes of a blob written by :func:`pack` (checked header, inflated body).
+
+    Raises:
+        DecodeError: not a blob, unknown version or flags, or a corrupt frame.
+    """
     if not isinstance(data, bytes | bytearray | memoryview):
         raise DecodeError(f"expected bytes, got {type(data).__name__}")
     data = bytes(data)
@@ -101,7 +143,4 @@ def unpack(data: bytes, *, limit: int = MAX_INFLATED) -> Any:
     body = data[4:]
     if flags & _FLAG_LZ4:
         body = inflate(body, limit)
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise DecodeError(f"corrupt JSON body: {exc}", data[:64]) from exc
+    return body

@@ -30,6 +30,7 @@ from typing import Any
 
 import orjson
 
+from ._codec import has_nonfinite
 from ._dag import Dag, ResultSpec
 from ._graph import Chain, Graph, Group, MessageLike, Step, WithDelay, _is_message, describe
 from .errors import GraphError
@@ -169,11 +170,18 @@ def _options(msg: MessageLike) -> dict[str, Any]:
 
 def _normalise(columns: list[Any], leaves: list[MessageLike]) -> Any:
     try:
-        return orjson.loads(orjson.dumps(columns))
+        blob = orjson.dumps(columns)
+        # orjson writes NaN and infinities as null: refuse them rather than change them.
+        if b"null" in blob and has_nonfinite(columns):
+            raise TypeError("a float NaN or infinity")
+        return orjson.loads(blob)
     except TypeError:
         for leaf in leaves:
+            values = [leaf.args, dict(leaf.kwargs), _options(leaf)]
             try:
-                orjson.dumps([leaf.args, dict(leaf.kwargs), _options(leaf)])
+                orjson.dumps(values)
+                if has_nonfinite(values):
+                    raise TypeError("a float NaN or infinity has no JSON form")
             except TypeError as exc:
                 raise GraphError(
                     f"{describe(leaf)}: an argument or option cannot be encoded as JSON: {exc}"

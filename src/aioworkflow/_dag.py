@@ -268,6 +268,13 @@ def _from_doc(doc: Any) -> Dag:
         raise DecodeError("malformed DAG blob: offsets not monotonic")
     if any(not 0 <= t < size for t in targets):
         raise DecodeError("malformed DAG blob: edge to unknown vertex")
+    pred_counts = [0] * size
+    for t in targets:
+        pred_counts[t] += 1
+    if 0 in pred_counts[n:]:
+        raise DecodeError("malformed DAG blob: a join node without predecessors")
+    if not _acyclic(offsets, targets, pred_counts):
+        raise DecodeError("malformed DAG blob: the graph has a cycle")
     _check_spec(doc["r"], n)
     return Dag(
         shapes=tuple(shapes),
@@ -280,4 +287,20 @@ def _from_doc(doc: Any) -> Dag:
         offsets=offsets,
         targets=targets,
         result=doc["r"],
+        pred_counts=tuple(pred_counts),
     )
+
+
+def _acyclic(offsets: tuple[int, ...], targets: tuple[int, ...], pred_counts: list[int]) -> bool:
+    """Kahn's algorithm: whether every vertex can be ordered after its predecessors."""
+    indeg = list(pred_counts)
+    ready = [v for v, d in enumerate(indeg) if d == 0]
+    ordered = 0
+    while ready:
+        v = ready.pop()
+        ordered += 1
+        for w in targets[offsets[v] : offsets[v + 1]]:
+            indeg[w] -= 1
+            if indeg[w] == 0:
+                ready.append(w)
+    return ordered == len(indeg)

@@ -75,9 +75,12 @@ class LZ4JSONEncoder(Encoder):
         """Serialize message fields: plain JSON when small, an lz4 blob when large."""
         try:
             body = orjson.dumps(data, option=orjson.OPT_NON_STR_KEYS)
+            # orjson writes NaN and infinities as null; dramatiq's JSONEncoder keeps them.
+            if b"null" in body and _codec.has_nonfinite(data):
+                raise TypeError("non-finite float")
         except TypeError:
-            # What orjson refuses (ints beyond 64 bits, ...) the stdlib may still write, as
-            # dramatiq's JSONEncoder would.
+            # What orjson refuses (ints beyond 64 bits, NaN, ...) the stdlib may still write,
+            # as dramatiq's JSONEncoder would.
             body = json.dumps(data, separators=(",", ":")).encode()
         if len(body) < self.threshold:
             return body
@@ -101,10 +104,8 @@ class LZ4JSONEncoder(Encoder):
             raise _decode_error(f"expected bytes, got {type(data).__name__}", data, TypeError())
         raw = bytes(data)
         try:
-            if raw[:2] == _codec.MAGIC:
-                fields = _codec.unpack(raw, limit=self.max_size)
-            else:
-                fields = _loads(raw)
+            body = _codec.unpack_body(raw, limit=self.max_size) if raw[:2] == _codec.MAGIC else raw
+            fields = _loads(body)
         except DecodeError as exc:
             raise _decode_error(f"undecodable message: {exc}", raw[:64], exc) from None
         except (ValueError, RecursionError) as exc:
