@@ -8,7 +8,7 @@ from typing import Any
 import dramatiq
 import pytest
 from dramatiq.brokers.stub import StubBroker
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, event, given, settings, strategies as st
 
 from aioworkflow import Chain, Dag, Graph, Group, NodeRef, WithDelay, compile
 from aioworkflow._codec import pack, unpack
@@ -99,6 +99,35 @@ class TestSemantics:
         groups = [Group(*[t.message((s, i)) for i in range(n)]) for s in range(stages)]
         many = compile(Chain(*groups))
         assert many.edge_count <= 2 * n * stages
+
+    @settings(max_examples=300, deadline=None)
+    @given(
+        st.lists(st.sampled_from(["leaf", "empty", "group"]), min_size=1, max_size=6),
+        st.lists(st.tuples(st.integers(0, 5), st.integers(0, 5)), max_size=8),
+    )
+    def test_graph_edges_in_any_direction_compile_iff_acyclic(
+        self, kinds: list[str], pairs: list[tuple[int, int]]
+    ) -> None:
+        def make(kind: str, i: int) -> Any:
+            if kind == "leaf":
+                return t.message(i)
+            return Chain() if kind == "empty" else Group(t.message(i), t.message(100 + i))
+
+        g = Graph()
+        refs = [g.add(make(kind, i)) for i, kind in enumerate(kinds)]
+        edges = {(a, b) for a, b in pairs if a < len(kinds) and b < len(kinds)}
+        for a, b in sorted(edges):
+            g.edge(refs[a], refs[b])
+        # reference: a step graph has a cycle iff repeatedly removing sources leaves a vertex
+        alive = set(range(len(kinds)))
+        while sources := {v for v in alive if not any(b == v and a in alive for a, b in edges)}:
+            alive -= sources
+        event("cyclic" if alive else "acyclic")
+        if alive:
+            with pytest.raises(GraphError, match="cycle"):
+                compile(g)
+        else:
+            assert reachability(compile(g)) == required_order(g)[1]
 
     def test_topological_order_of_nodes(self) -> None:
         g = Graph()

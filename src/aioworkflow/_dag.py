@@ -39,7 +39,8 @@ class Node(NamedTuple):
     options: dict[str, Any]
     #: Milliseconds between the node's release and its start (``WithDelay``).
     delay: int
-    #: Where the piped input comes from (``Chain(pipe=True)``), or None: no piped argument.
+    #: Where the piped input comes from (``Chain(pipe=True)``), or None. None is ambiguous: a
+    #: node in ``Dag.pipes`` whose previous step was empty gets ``None`` as its piped argument.
     pipe: ResultSpec
 
 
