@@ -22,11 +22,15 @@ from ._graph import Chain, Group
 from ._middleware import WorkflowMiddleware
 from ._status import State, WorkflowStatus
 from ._store import MemoryStore, RedisStore
+from .errors import StoreConnectionError
 
 if TYPE_CHECKING:
     from ._store._base import StoreBackend
 
 __all__ = ["run_demo"]
+
+#: The demo's own queue: a worker on someone's Redis must not eat their "default" queue.
+DEMO_QUEUE = "aioworkflow_demo"
 
 
 def _canvas(task: Any) -> Chain:
@@ -61,7 +65,9 @@ async def _run(broker: dramatiq.Broker, store: StoreBackend, out: TextIO, seed: 
             count = len(finished)
         say(f"task {n} finished   [{count}/8]")
 
-    actor = dramatiq.actor(broker=broker, actor_name="demo_task", max_retries=0)(task)
+    actor = dramatiq.actor(
+        broker=broker, actor_name="demo_task", queue_name=DEMO_QUEUE, max_retries=0
+    )(task)
     worker = dramatiq.Worker(broker, worker_threads=4, worker_timeout=50)
     worker.start()
     try:
@@ -86,6 +92,7 @@ def run_demo(redis_url: str | None, out: TextIO, seed: int | None = None) -> int
     else:
         from dramatiq.brokers.redis import RedisBroker
 
+        _ping(redis_url)  # fail with one line before a worker starts logging connection errors
         broker = RedisBroker(url=redis_url)  # type: ignore[no-untyped-call]
         store = RedisStore(url=redis_url)
     broker.add_middleware(WorkflowMiddleware(store, reconcile_interval=0))
@@ -105,6 +112,18 @@ def run_demo(redis_url: str | None, out: TextIO, seed: int | None = None) -> int
         broker.close()
         if previous is not None:
             dramatiq.set_broker(previous)
+
+
+def _ping(url: str) -> None:
+    import redis
+
+    client = redis.Redis.from_url(url, socket_connect_timeout=5)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        raise StoreConnectionError(str(exc)) from exc
+    finally:
+        client.close()
 
 
 def _has_global_broker() -> bool:

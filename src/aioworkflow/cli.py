@@ -1,59 +1,102 @@
 """The ``aioworkflow`` command: demo, status, watch, cancel/pause/resume/retry, graph.
 
-Exit codes: 0 success (for ``watch``: the workflow SUCCEEDED; for control commands: the call
-was answered, whether or not it changed anything, which the output says); 1 the watched
-workflow ended FAILED or CANCELLED, or the demo failed; 2 an error (unknown workflow,
-unreachable Redis, bad arguments, a module attribute that is not a canvas).
+Exit codes:
+
+* 0: success. ``watch``: the workflow SUCCEEDED. Control commands: the call changed the
+  workflow.
+* 1: the watched workflow ended FAILED or CANCELLED, or the demo did not succeed.
+* 2: an error: unknown workflow, unreachable Redis, bad arguments, a ``graph`` target that
+  cannot be imported or is not a canvas. One line on stderr, never a traceback.
+* 3: a control command was a no-op (cancel of a finished workflow, resume of a running one...);
+  the output says why.
+* 130: interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime
 import importlib
+import logging
 import os
 import sys
-import time
 from typing import TYPE_CHECKING, Any, TextIO
 
+from dramatiq.brokers.stub import StubBroker
+
+from ._status import State
 from .errors import AioWorkflowError, StoreConnectionError, WorkflowNotFound
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Iterator, Sequence
+
+    import dramatiq
 
     from ._client import WorkflowHandle
     from ._dag import Dag
-    from ._status import WorkflowStatus
+    from ._status import Transition, WorkflowStatus
 
-__all__ = ["main"]
+__all__ = ["describe", "main", "progress_bar", "render"]
 
 DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
-EXIT_OK, EXIT_ENDED_BADLY, EXIT_ERROR = 0, 1, 2
+EXIT_OK, EXIT_ENDED_BADLY, EXIT_ERROR, EXIT_NOOP, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+CONTROL_COMMANDS = ("cancel", "pause", "resume", "retry")
+
+
+class CommandError(Exception):
+    """A user-facing error: printed as one line, exit code 2."""
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="aioworkflow", description="aioworkflow command line")
-    sub = p.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="run the README example workflow with live progress")
-    demo.add_argument("--redis", metavar="URL", help="run on Redis instead of in-process")
-    env_url = os.environ.get("AIOWORKFLOW_REDIS_URL", DEFAULT_REDIS)
+    p = argparse.ArgumentParser(
+        prog="aioworkflow",
+        description="aioworkflow command line",
+        epilog="exit codes: 0 ok, 1 watched workflow FAILED/CANCELLED, 2 error, "
+        "3 control command was a no-op",
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    demo = sub.add_parser("demo", help="run the dramatiq-workflow README example, live")
+    demo.add_argument(
+        "--redis", metavar="URL", help="run on a RedisBroker + RedisStore instead of in-process"
+    )
+    env_url = os.environ.get("AIOWORKFLOW_REDIS_URL") or DEFAULT_REDIS
     for name, text in (
-        ("status", "print a workflow's state and counts"),
+        ("status", "print a workflow's state, counts, timestamps and failure"),
         ("watch", "show a live progress bar until the workflow ends"),
         ("cancel", "cancel a workflow"),
-        ("pause", "pause a workflow"),
+        ("pause", "pause a running workflow"),
         ("resume", "resume a paused workflow"),
         ("retry", "re-run the failed nodes of a FAILED workflow"),
     ):
-        cmd = sub.add_parser(name, help=text)
+        cmd = sub.add_parser(name, help=text, description=text)
         cmd.add_argument("id", help="workflow id")
         cmd.add_argument(
-            "--redis", metavar="URL", default=env_url, help=f"store URL (default {env_url})"
+            "--redis",
+            metavar="URL",
+            default=env_url,
+            help="the workflow store (default: $AIOWORKFLOW_REDIS_URL or " + DEFAULT_REDIS + ")",
         )
-        cmd.add_argument("--namespace", default="dramatiq", help="the RedisBroker's namespace")
+        cmd.add_argument(
+            "--namespace",
+            default="dramatiq",
+            help="the RedisBroker's namespace (default: dramatiq)",
+        )
+        if name in ("resume", "retry"):
+            cmd.add_argument(
+                "--broker",
+                metavar="URL",
+                help="for workflows not on a RedisBroker of the store's Redis (e.g. RabbitMQ): "
+                "send released nodes through this broker (amqp://... or redis://...) at once; "
+                "by default the workers' reconciler sends them",
+            )
     graph = sub.add_parser("graph", help="print a canvas's compiled DAG")
-    graph.add_argument("target", metavar="MODULE:ATTR", help="a canvas, Workflow or Dag")
+    graph.add_argument(
+        "target",
+        metavar="MODULE:ATTR",
+        help="a canvas, Workflow or Dag (or a function returning one) in an importable module",
+    )
     graph.add_argument("--format", choices=("mermaid", "dot", "text"), default="text")
     return p
 
@@ -62,40 +105,106 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     args = _parser().parse_args(argv)
     out = sys.stdout
-    try:
-        if args.command == "demo":
-            from ._demo import run_demo
+    with _one_line_logging():
+        try:
+            if args.command == "demo":
+                from ._demo import run_demo
 
-            return run_demo(args.redis, out)
-        if args.command == "graph":
-            out.write(render(_load_dag(args.target), args.format))
-            return EXIT_OK
-        return asyncio.run(_remote(args, out))
-    except WorkflowNotFound as exc:
-        return _error(f"no workflow {exc.args[0]!r} (never created, or expired)")
-    except StoreConnectionError as exc:
-        return _error(f"cannot reach Redis at {getattr(args, 'redis', '?')}: {exc}")
-    except (AioWorkflowError, ImportError, AttributeError, ValueError) as exc:
-        return _error(str(exc))
+                return run_demo(args.redis, out)
+            if args.command == "graph":
+                out.write(render(_load_dag(args.target), args.format))
+                return EXIT_OK
+            return asyncio.run(_remote(args, out))
+        except KeyboardInterrupt:
+            sys.stderr.write("\naioworkflow: interrupted\n")
+            return EXIT_INTERRUPTED
+        except WorkflowNotFound as exc:
+            return _error(f"no workflow {exc.args[0]!r} (never created, or expired)")
+        except StoreConnectionError as exc:
+            return _error(f"cannot reach Redis at {args.redis}: {exc}")
+        except (AioWorkflowError, CommandError) as exc:
+            return _error(str(exc))
 
 
 def _error(text: str) -> int:
-    sys.stderr.write(f"aioworkflow: error: {text.splitlines()[0] if text else 'failed'}\n")
+    line = text.strip().splitlines()[0] if text.strip() else "failed"
+    sys.stderr.write(f"aioworkflow: error: {line}\n")
     return EXIT_ERROR
 
 
-async def _remote(args: argparse.Namespace, out: TextIO) -> int:
-    from dramatiq.brokers.stub import StubBroker
+class _OneLineFormatter(logging.Formatter):
+    """Log records as ``aioworkflow: LEVEL: message``, without tracebacks."""
 
+    def format(self, record: logging.LogRecord) -> str:
+        return f"aioworkflow: {record.levelname.lower()}: {record.getMessage()}"
+
+
+@contextlib.contextmanager
+def _one_line_logging() -> Iterator[None]:
+    """Warnings of aioworkflow and dramatiq as one stderr line each, unless logging is set up."""
+    root = logging.getLogger()
+    if root.handlers:  # the caller configured logging: leave it alone
+        yield
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setLevel(logging.WARNING)
+    handler.setFormatter(_OneLineFormatter())
+    root.addHandler(handler)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+
+
+# -- status, watch, control --------------------------------------------------------------
+
+
+class _ReadySetBroker(StubBroker):
+    """The CLI's broker when none is given: sends nothing.
+
+    On a RedisBroker of the store's Redis the control scripts enqueue released nodes themselves
+    (``namespace`` names the queues). For other brokers the released nodes wait in the
+    workflow's ready set, where the workers' reconciler picks them up; ``held`` counts them.
+    """
+
+    def __init__(self, namespace: str) -> None:
+        super().__init__()
+        self.namespace = namespace
+        self.held = 0
+
+    def enqueue(
+        self, message: dramatiq.Message[Any], *, delay: int | None = None
+    ) -> dramatiq.Message[Any]:
+        self.held += 1
+        return message
+
+
+def _control_broker(args: argparse.Namespace) -> dramatiq.Broker:
+    url: str | None = getattr(args, "broker", None)
+    if url is None:
+        return _ReadySetBroker(args.namespace)
+    scheme = url.partition("://")[0].lower()
+    if scheme in ("amqp", "amqps"):
+        from dramatiq.brokers.rabbitmq import RabbitmqBroker
+
+        return RabbitmqBroker(url=url)
+    if scheme in ("redis", "rediss", "unix"):
+        from dramatiq.brokers.redis import RedisBroker
+
+        return RedisBroker(url=url, namespace=args.namespace)  # type: ignore[no-untyped-call]
+    raise CommandError(f"--broker: expected an amqp:// or redis:// URL, got {url!r}")
+
+
+async def _remote(args: argparse.Namespace, out: TextIO) -> int:
     from ._client import WorkflowHandle
     from ._store import RedisStore
 
-    store = RedisStore(url=args.redis)
-    # Nodes released by resume/retry are enqueued by the scripts themselves when the workflow
-    # runs on a RedisBroker (its namespace names the queues); for other brokers they wait in
-    # the ready set and the workers' reconciler sends them.
-    broker = StubBroker()
-    broker.namespace = args.namespace  # type: ignore[attr-defined]
+    broker = _control_broker(args)
+    try:
+        store = RedisStore(url=args.redis)
+    except ValueError as exc:  # a malformed URL
+        broker.close()
+        raise CommandError(f"--redis: {exc}") from exc
     handle = WorkflowHandle(args.id, broker=broker, store=store)
     try:
         if args.command == "status":
@@ -103,17 +212,42 @@ async def _remote(args: argparse.Namespace, out: TextIO) -> int:
             return EXIT_OK
         if args.command == "watch":
             return await _watch(handle, out)
-        answer = await getattr(handle, args.command)()
-        if answer.changed:
-            extra = f", {answer.released} node(s) released" if answer.released else ""
-            out.write(f"{args.command}: done, workflow is now {answer.state}{extra}\n")
-        else:
-            out.write(f"{args.command}: no change, workflow is {answer.state}\n")
-        return EXIT_OK
+        answer: Transition = await getattr(handle, args.command)()
+        held = broker.held if isinstance(broker, _ReadySetBroker) else 0
+        out.write(control_outcome(args.command, answer, held))
+        return EXIT_OK if answer.changed else EXIT_NOOP
     finally:
         await store.aclose()
         store.close()
         broker.close()
+
+
+_DONE = {"cancel": "cancelled", "pause": "paused", "resume": "resumed", "retry": "retrying"}
+
+
+def control_outcome(command: str, answer: Transition, held: int = 0) -> str:
+    """What a control call did, as one or two lines."""
+    if answer.changed:
+        text = f"{_DONE[command]}: workflow is now {answer.state}"
+        if answer.released:
+            text += f", {answer.released} node(s) released"
+        text += "\n"
+        if held:
+            text += (
+                f"note: {held} released node(s) wait in the ready set; the workers' reconciler "
+                "sends them (or pass --broker URL to send them now)\n"
+            )
+        return text
+    return f"no-op: {_why_not(command, answer.state)}\n"
+
+
+def _why_not(command: str, state: State) -> str:
+    if command == "cancel" or state is State.CANCELLED or state is State.SUCCEEDED:
+        return f"workflow already {state.lower()}"
+    wanted = {"pause": State.RUNNING, "resume": State.PAUSED, "retry": State.FAILED}[command]
+    if command == "pause" and state is State.PAUSED:
+        return "workflow already paused"
+    return f"workflow is {state}, only a {wanted} workflow can be {_DONE[command]}"
 
 
 def _when(ms: int | None) -> str:
@@ -148,7 +282,7 @@ def describe(status: WorkflowStatus) -> str:
 def progress_bar(status: WorkflowStatus, width: int = 30) -> str:
     """``[#######.......] 12/40 succeeded, 1 failed, 3 running  RUNNING``."""
     total = max(status.total, 1)
-    filled = int(width * status.succeeded / total)
+    filled = width if status.total == 0 else int(width * status.succeeded / total)
     bar = "#" * filled + "." * (width - filled)
     return (
         f"[{bar}] {status.succeeded}/{status.total} succeeded, {status.failed} failed, "
@@ -156,34 +290,52 @@ def progress_bar(status: WorkflowStatus, width: int = 30) -> str:
     )
 
 
-async def _watch(handle: WorkflowHandle, out: TextIO, interval: float = 0.2) -> int:
+async def _watch(handle: WorkflowHandle, out: TextIO, min_interval: float = 0.1) -> int:
+    """Redraw on the workflow's events (at most every ``min_interval`` s) until it ends."""
     tty = out.isatty()
     last_line = ""
 
     def show(status: WorkflowStatus) -> None:
         nonlocal last_line
         line = progress_bar(status)
-        if line == last_line:
-            return
-        last_line = line
-        out.write(f"\r{line}\x1b[K" if tty else f"{line}\n")
-        out.flush()
+        if line != last_line:
+            last_line = line
+            out.write(f"\r{line}\x1b[K" if tty else f"{line}\n")
+            out.flush()
 
     status = await handle.status()
     show(status)
-    shown_at = time.monotonic()
-    async for _event in handle.events():  # woken by the workflow's own events
-        if time.monotonic() - shown_at >= interval:
-            status = await handle.status()
-            show(status)
-            shown_at = time.monotonic()
-    status = await handle.status()
-    show(status)
+    if not status.done:
+        changed = asyncio.Event()
+
+        async def follow() -> None:
+            try:
+                async for _event in handle.events():  # ends once the workflow is final
+                    changed.set()
+            finally:
+                changed.set()
+
+        follower = asyncio.create_task(follow())
+        try:
+            while True:
+                await changed.wait()
+                changed.clear()
+                ended = follower.done()
+                status = await handle.status()
+                show(status)
+                if ended:
+                    break
+                await asyncio.sleep(min_interval)  # coalesce bursts of events into one redraw
+            follower.result()  # a store error while following is raised here
+        finally:
+            follower.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await follower
     if tty:
         out.write("\n")
     if status.failed_node is not None:
         out.write(describe(status))
-    return EXIT_OK if status.state == "SUCCEEDED" else EXIT_ENDED_BADLY
+    return EXIT_OK if status.state is State.SUCCEEDED else EXIT_ENDED_BADLY
 
 
 # -- graph -------------------------------------------------------------------------------
@@ -196,23 +348,38 @@ def _load_dag(target: str) -> Dag:
 
     module_name, sep, attr = target.partition(":")
     if not sep or not module_name or not attr:
-        raise ValueError(f"expected MODULE:ATTR, got {target!r}")
-    sys.path.insert(0, os.getcwd())
-    obj: Any = importlib.import_module(module_name)
+        raise CommandError(f"expected MODULE:ATTR, got {target!r}")
+    cwd = os.getcwd()
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except Exception as exc:  # whatever the module raises: one line
+        raise CommandError(f"cannot import {module_name!r}: {type(exc).__name__}: {exc}") from exc
     for part in attr.split("."):
-        obj = getattr(obj, part)
-    if callable(obj) and not hasattr(obj, "actor_name") and not isinstance(obj, type):
-        obj = obj()
+        try:
+            obj = getattr(obj, part)
+        except AttributeError as exc:
+            raise CommandError(f"{target}: no attribute {part!r}") from exc
+    if callable(obj) and not isinstance(obj, type) and not hasattr(obj, "actor_name"):
+        try:
+            obj = obj()
+        except Exception as exc:  # a user function: one line
+            raise CommandError(f"{target}(): {type(exc).__name__}: {exc}") from exc
     if isinstance(obj, Dag):
         return obj
     if isinstance(obj, Workflow):
         return obj.compile()
-    return compile_canvas(obj)
+    try:
+        return compile_canvas(obj)
+    except AioWorkflowError as exc:
+        raise CommandError(f"{target} is not a canvas, Workflow or Dag: {exc}") from exc
 
 
 def _label(dag: Dag, v: int) -> str:
     node = dag.node(v)
-    args = ", ".join(repr(a) for a in node.args)
+    parts = [repr(a) for a in node.args] + [f"{k}={val!r}" for k, val in node.kwargs.items()]
+    args = ", ".join(parts)
     if len(args) > 40:
         args = args[:37] + "..."
     delay = f" +{node.delay}ms" if node.delay else ""
@@ -220,14 +387,13 @@ def _label(dag: Dag, v: int) -> str:
 
 
 def render(dag: Dag, fmt: str) -> str:
-    """The DAG as Mermaid, Graphviz dot or plain text."""
-    n = len(dag)
+    """The DAG as Mermaid, Graphviz dot or plain text (join nodes as points/circles)."""
     if fmt == "text":
-        lines = [f"{n} tasks, {dag.n_joins} joins, {dag.edge_count} edges"]
+        lines = [f"{len(dag)} tasks, {dag.n_joins} joins, {dag.edge_count} edges"]
         for v in range(dag.size):
             name = f"join {v}" if dag.is_join(v) else f"{v}: {_label(dag, v)}"
             succ = ", ".join(map(str, dag.successors(v)))
-            lines.append(f"{name}" + (f" -> {succ}" if succ else ""))
+            lines.append(name + (f" -> {succ}" if succ else ""))
         return "\n".join(lines) + "\n"
     if fmt == "mermaid":
         lines = ["flowchart TD"]
@@ -239,13 +405,15 @@ def render(dag: Dag, fmt: str) -> str:
                 lines.append(f'    n{v}["{text}"]')
         lines += [f"    n{v} --> n{w}" for v in range(dag.size) for w in dag.successors(v)]
         return "\n".join(lines) + "\n"
-    lines = ["digraph workflow {", "    rankdir=TB;"]
-    for v in range(dag.size):
-        if dag.is_join(v):
-            lines.append(f'    n{v} [shape=point, label=""];')
-        else:
-            text = _label(dag, v).replace("\\", "\\\\").replace('"', '\\"')
-            lines.append(f'    n{v} [shape=box, label="{text}"];')
-    lines += [f"    n{v} -> n{w};" for v in range(dag.size) for w in dag.successors(v)]
-    lines.append("}")
-    return "\n".join(lines) + "\n"
+    if fmt == "dot":
+        lines = ["digraph workflow {", "    rankdir=TB;"]
+        for v in range(dag.size):
+            if dag.is_join(v):
+                lines.append(f'    n{v} [shape=point, label=""];')
+            else:
+                text = _label(dag, v).replace("\\", "\\\\").replace('"', '\\"')
+                lines.append(f'    n{v} [shape=box, label="{text}"];')
+        lines += [f"    n{v} -> n{w};" for v in range(dag.size) for w in dag.successors(v)]
+        lines.append("}")
+        return "\n".join(lines) + "\n"
+    raise CommandError(f"unknown format {fmt!r}")
