@@ -169,6 +169,14 @@ class TestKeepsWhatUsersGave:
         assert first.delay == 250
         assert (second.delay, second.kwargs, second.queue_name) == (0, {"key": "v"}, "default")
 
+    def test_per_delivery_options_are_dropped_and_shapes_shared(self) -> None:
+        delivered = t.message_with_options(
+            args=(1,), eta=123, retries=2, redis_message_id="r", traceback="tb", time_limit=5
+        )
+        dag = compile(Group(delivered, t.message_with_options(args=(2,), time_limit=5)))
+        assert [n.options for n in dag.nodes] == [{"time_limit": 5}, {"time_limit": 5}]
+        assert len(dag.shapes) == 1  # same actor, queue and options: stored once
+
     def test_a_delay_applies_to_the_first_tasks_of_its_step(self) -> None:
         dag = compile(WithDelay(Chain(Group(t.message(1), t.message(2)), t.message(3)), delay=9))
         assert {n.args[0]: n.delay for n in dag.nodes} == {1: 9, 2: 9, 3: 0}

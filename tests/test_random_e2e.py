@@ -56,7 +56,12 @@ class _Leaves:
         return (self.other if other else self.leaf).message(label)
 
 
-_leaves: dict[int, _Leaves] = {}  # by id(env.broker): actors are declared once per env
+@pytest.fixture
+def leaves(env: Env) -> _Leaves:
+    """The leaf actors and a worker, once per env: hypothesis runs every example on them."""
+    declared = _Leaves(env)
+    env.worker(threads=8)
+    return declared
 
 
 def _evaluate(spec: ResultSpec, labels: list[int]) -> Any:
@@ -83,12 +88,10 @@ def _evaluate(spec: ResultSpec, labels: list[int]) -> Any:
     ],
 )
 @given(shape=sized_shapes(min_leaves=10, max_leaves=40, max_delay=50))
-async def test_random_canvases_run_each_node_once_in_order(env: Env, shape: Shape) -> None:
+async def test_random_canvases_run_each_node_once_in_order(
+    env: Env, leaves: _Leaves, shape: Shape
+) -> None:
     # Given a worker on this env and a fresh recorder for this example
-    leaves = _leaves.get(id(env.broker))
-    if leaves is None:
-        leaves = _leaves[id(env.broker)] = _Leaves(env)
-        env.worker(threads=8)
     env.rec = Recorder()
     canvas = build(shape, leaves.message, itertools.count(next(_blocks) * 10_000))
     dag = compile(canvas)
