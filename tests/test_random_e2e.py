@@ -11,6 +11,7 @@ the compiled result specs say.
 from __future__ import annotations
 
 import itertools
+import math
 import threading
 import time
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import pytest
 from hypothesis import HealthCheck, Phase, given, note, settings
 
-from aioworkflow import State, Workflow, WorkflowTimeout, compile
+from aioworkflow import Chain, Group, State, Workflow, WorkflowTimeout, compile
 from tests._canvas_strategies import assert_runs_respect, build, sized_shapes
 from tests.conftest import Recorder
 
@@ -159,3 +160,26 @@ class TestTheRunChecker:
         assert_runs_respect(canvas, [(0, 1.2, 1.3)], started_at=1.0)
         with pytest.raises(AssertionError, match="delay is 200 ms"):
             assert_runs_respect(canvas, [(0, 1.1, 1.3)], started_at=1.0)
+
+
+async def test_nan_and_big_int_results_pass_through_a_pipe(env: Env) -> None:
+    # Given a piped chain whose first step returns values orjson alone would change or refuse
+    seen: list[tuple[Any, ...]] = []
+
+    def produce() -> list[Any]:
+        return [math.nan, math.inf, 2**80]
+
+    def consume(piped: list[Any]) -> int:
+        seen.append(tuple(piped))
+        return len(piped)
+
+    p = env.actor(produce, actor_name=f"produce_{env.name}", queue_name="rand_e2e")
+    c = env.actor(consume, actor_name=f"consume_{env.name}", queue_name="rand_e2e")
+    env.worker()
+    # When it runs
+    handle = await Workflow(Chain(p.message(), Group(c.message()), pipe=True)).run()
+    # Then the next step and the workflow result get exactly what was returned
+    assert await handle.result(timeout=20) == [3]
+    [(nan, inf, big)] = seen
+    assert math.isnan(nan)
+    assert (inf, big) == (math.inf, 2**80)

@@ -12,6 +12,7 @@ Small bodies are stored raw: lz4 only pays off above ``COMPRESS_MIN`` bytes.
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
 
@@ -71,13 +72,21 @@ def pack(obj: Any, *, compress: bool | None = None) -> bytes:
     """Encode ``obj`` as a blob.
 
     Args:
-        obj: anything orjson encodes.
+        obj: anything orjson or the stdlib's ``json`` encodes (NaN and infinities are kept).
         compress: force lz4 on or off; by default compress bodies of ``COMPRESS_MIN`` bytes or more.
 
     Raises:
-        TypeError: ``obj`` holds a value orjson cannot encode (callers translate it).
+        TypeError: ``obj`` holds a value JSON cannot encode (callers translate it).
     """
-    body = dumps_json(obj)
+    try:
+        body = dumps_json(obj)
+        # orjson writes NaN and infinities as null: let the stdlib keep them, as dramatiq does.
+        if b"null" in body and has_nonfinite(obj):
+            raise TypeError("non-finite float")
+    except TypeError:
+        # The stdlib also writes what orjson refuses (ints beyond 64 bits); it raises TypeError
+        # for values neither can encode.
+        body = json.dumps(obj, separators=(",", ":")).encode()
     if compress is None:
         compress = len(body) >= COMPRESS_MIN
     if compress:
@@ -119,7 +128,11 @@ def unpack(data: bytes, *, limit: int = MAX_INFLATED) -> Any:
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        raise DecodeError(f"corrupt JSON body: {exc}", bytes(data[:64])) from exc
+        error: Exception = exc
+    try:  # what pack() wrote with the stdlib: NaN, infinities, ints beyond 64 bits
+        return json.loads(body.decode("utf-8"))
+    except (ValueError, RecursionError):
+        raise DecodeError(f"corrupt JSON body: {error}", bytes(data[:64])) from error
 
 
 def unpack_body(data: bytes, *, limit: int = MAX_INFLATED) -> bytes:
