@@ -86,6 +86,9 @@ class TestSemantics:
                 assert w > v or dag.is_join(w) or dag.is_join(v), "edges follow topological order"
                 indegree[w] += 1
         assert [dag.predecessor_count(v) for v in range(dag.size)] == indegree
+        for i in range(len(dag)):  # task nodes are in topological order, through joins too
+            assert all(j > i for j in dag.task_successors(i)), "nodes in topological order"
+        assert all(indegree[v] > 0 and dag.successors(v) for v in range(len(dag), dag.size))
         assert set(dag.roots) == {v for v in range(len(dag)) if indegree[v] == 0}
         assert dag.edge_count == sum(indegree)
         assert Dag.decode(dag.encode()) == dag
