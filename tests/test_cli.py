@@ -243,30 +243,41 @@ class TestStatusAndWatch:
         assert (code, out.count("\n")) == (0, 1)
         assert out.endswith("1/1 succeeded, 0 failed, 0 running  SUCCEEDED\n")
 
-    def test_watch_on_a_tty_redraws_one_line(self, env: Env) -> None:
+    def test_watch_on_a_tty_redraws_one_line_and_refreshes_without_events(self, env: Env) -> None:
+        """Node starts log no event: the running count shows up through the slow refresh,
+        and only then are the tasks let go (else this test times out)."""
+        task, gate, _started = gated(env)
+        handle = Workflow(Chain(task.message(1), task.message(2))).run_sync()
+
         class Tty(io.StringIO):
             def isatty(self) -> bool:
                 return True
 
-        task, gate, _started = gated(env)
-        env.worker()
-        handle = Workflow(Chain(task.message(1), task.message(2))).run_sync()
-        gate.set()
+            def write(self, text: str) -> int:
+                if not env.workers:
+                    env.worker()  # the first line is drawn: now the first node may start
+                if "1 running" in text:
+                    gate.set()
+                return super().write(text)
+
         out = Tty()
 
         async def watch() -> int:
             h = WorkflowHandle(handle.id, broker=env.broker, store=env.store)
             try:
-                return await _watch(h, out)
+                return await asyncio.wait_for(_watch(h, out, refresh=0.05), 30)
             finally:
                 await env.store.aclose()  # its async pool belongs to this event loop
 
         assert asyncio.run(watch()) == 0
         text = out.getvalue()
+        frames = text.split("\r")[1:]
         assert text.startswith("\r[")
         assert text.endswith("SUCCEEDED\x1b[K\n")
         assert text.count("\n") == 1
-        assert "2/2 succeeded" in text.rsplit("\r", 1)[-1]
+        assert "0/2 succeeded, 0 failed, 0 running  RUNNING" in frames[0]
+        assert any("0/2 succeeded, 0 failed, 1 running" in f for f in frames)
+        assert "2/2 succeeded" in frames[-1]
 
     def test_watch_and_status_of_a_failed_workflow(
         self, env: Env, redis_url: str, capsys: pytest.CaptureFixture[str]

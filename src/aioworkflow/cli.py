@@ -290,8 +290,14 @@ def progress_bar(status: WorkflowStatus, width: int = 30) -> str:
     )
 
 
-async def _watch(handle: WorkflowHandle, out: TextIO, min_interval: float = 0.1) -> int:
-    """Redraw on the workflow's events (at most every ``min_interval`` s) until it ends."""
+async def _watch(
+    handle: WorkflowHandle, out: TextIO, min_interval: float = 0.1, refresh: float = 2.0
+) -> int:
+    """Redraw on the workflow's events (at most every ``min_interval`` s) until it ends.
+
+    Node starts log no event, so without events the line is also refreshed every ``refresh`` s
+    to keep the running count current.
+    """
     tty = out.isatty()
     last_line = ""
 
@@ -318,7 +324,8 @@ async def _watch(handle: WorkflowHandle, out: TextIO, min_interval: float = 0.1)
         follower = asyncio.create_task(follow())
         try:
             while True:
-                await changed.wait()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(changed.wait(), refresh)
                 changed.clear()
                 ended = follower.done()
                 status = await handle.status()
