@@ -51,14 +51,16 @@ def main() -> None:
     quick = parser.parse_args().quick
     repeats = 3 if quick else 7
     json_enc, lz4_enc = JSONEncoder(), LZ4JSONEncoder()
-    for size, loops in ((200, 20_000), (20_000, 500)):
+    for size, loops, null in ((200, 20_000, False), (20_000, 500, False), (20_000, 500, True)):
         data = sample(size)
+        if null:  # a null makes the encoder look for NaN/Infinity, which orjson writes as null
+            data["kwargs"]["extra"] = None
         loops = loops // 5 if quick else loops
         plain = json_enc.encode(data)
         packed = lz4_enc.encode(data)
         t_json = per_op(json_enc, data, repeats, loops)
         t_lz4 = per_op(lz4_enc, data, repeats, loops)
-        print(f"{len(plain):>6,} B message: JSONEncoder {t_json * 1e6:8.1f} us, "
+        print(f"{len(plain):>6,} B message{' with a null' if null else ''}: JSONEncoder {t_json * 1e6:8.1f} us, "
               f"LZ4JSONEncoder {t_lz4 * 1e6:8.1f} us per encode+decode "
               f"-> speed {t_json / t_lz4:.2f}x (target >= 1), "
               f"size {len(packed):,} B = {len(packed) / len(plain):.2f} of JSON")  # fmt: skip

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import math
 from typing import Any
 
@@ -29,6 +30,11 @@ json_values = st.recursive(
     | st.dictionaries(st.text(max_size=10), children, max_size=8),
     max_leaves=40,
 )  # fmt: skip
+
+
+class _Float(float):
+    """A float subclass (marshal refuses it)."""
+
 
 RAW = MAGIC + bytes((VERSION, 0))
 LZ4 = MAGIC + bytes((VERSION, 1))
@@ -73,10 +79,40 @@ class TestRoundTrip:
         value = {"a": list(range(100))}
         assert unpack_body(pack(value, compress=compress)) == orjson.dumps(value)
 
-    def test_has_nonfinite(self) -> None:
-        assert not has_nonfinite([1, 2.5, None, "nan", {"a": (1e308,)}])
-        for bad in (math.nan, math.inf, -math.inf):
-            assert has_nonfinite({"a": [1, (2, {"b": bad})]})
+    @settings(max_examples=300)
+    @given(
+        st.recursive(
+            st.none() | st.integers() | st.text(max_size=5) | st.floats(),
+            lambda c: st.lists(c, max_size=6) | st.dictionaries(st.text(max_size=3), c, max_size=6),
+            max_leaves=30,
+        )
+    )
+    def test_has_nonfinite_agrees_with_a_plain_walk(self, value: Any) -> None:
+        def walk(v: Any) -> bool:
+            if isinstance(v, float):
+                return not math.isfinite(v)
+            if isinstance(v, list):
+                return any(map(walk, v))
+            return isinstance(v, dict) and any(map(walk, v.values()))
+
+        assert has_nonfinite(value) is walk(value)
+
+    @pytest.mark.parametrize(
+        "value",
+        [0.0, -0.0, 1.5, -2.5, 1e308, -1e308, 5e-324, 1.7976931348623157e308, math.nan,
+         -math.nan, math.inf, -math.inf],
+    )  # fmt: skip
+    def test_has_nonfinite(self, value: float) -> None:
+        expected = not math.isfinite(value)
+        # marshal's fast path, among negative ints (FF bytes) and strings ending in "g"
+        assert has_nonfinite({"a": [-1, "g", (2, {"b": value}), -(2**31)]}) is expected
+        # the slow path: types marshal does not know
+        assert has_nonfinite([datetime.date(2024, 1, 1), {"b": value}]) is expected
+        assert has_nonfinite([_Float(value)]) is expected
+        deep: Any = [value]
+        for _ in range(3000):
+            deep = [deep]
+        assert has_nonfinite(deep) is expected
 
     def test_non_string_keys_are_written_as_strings(self) -> None:
         assert unpack(pack({1: "a"})) == {"1": "a"}

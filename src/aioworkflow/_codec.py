@@ -13,6 +13,7 @@ Small bodies are stored raw: lz4 only pays off above ``COMPRESS_MIN`` bytes.
 from __future__ import annotations
 
 import json
+import marshal
 import math
 from typing import Any
 
@@ -54,7 +55,30 @@ def has_nonfinite(obj: Any) -> bool:
     """Whether ``obj`` holds a float NaN or infinity, which orjson silently writes as ``null``.
 
     Cheap callers first check for ``b"null"`` in orjson's output: no ``null``, no such float.
+    This is on the encoder's hot path, so it scans ``marshal``'s bytes (C speed) and walks the
+    values in Python only when those bytes might hold one, or when marshal cannot handle them.
     """
+    try:
+        raw = marshal.dumps(obj)
+    except ValueError:  # a type marshal does not know (datetime, a subclass, deep nesting)
+        return _walk_nonfinite(obj)
+    return _marshal_may_hold_nonfinite(raw) and _walk_nonfinite(obj)
+
+
+def _marshal_may_hold_nonfinite(raw: bytes) -> bool:
+    # marshal writes an exact float as b"g" (b"\xe7" with the ref flag) and 8 bytes, little
+    # endian. NaN and infinities have every exponent bit set: the last two bytes are
+    # [F0-FF] [7F|FF]. So look at each 7F/FF byte only (memchr): there are few in most data.
+    for marker in (0x7F, 0xFF):
+        i = raw.find(marker, 8)
+        while i != -1:
+            if raw[i - 1] >= 0xF0 and raw[i - 8] in (0x67, 0xE7):
+                return True
+            i = raw.find(marker, i + 1)
+    return False
+
+
+def _walk_nonfinite(obj: Any) -> bool:
     stack = [obj]
     while stack:
         item = stack.pop()
