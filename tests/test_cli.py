@@ -69,12 +69,13 @@ def rabbit(redis_url: str) -> Iterator[tuple[Env, str]]:
     e = make_env("rabbitmq", redis_url, reconcile_interval=0.05, reconcile_age=0.2)
     queue = f"cli_test_{uuid.uuid4().hex[:12]}"
     yield e, queue
+    for worker in e.workers:
+        worker.stop()
+    e.workers.clear()
+    for name in (queue, f"{queue}.DQ", f"{queue}.XQ"):  # leave the shared RabbitMQ clean
+        e.broker.channel.queue_delete(name)  # type: ignore[attr-defined]
     e.close()
     e.store.close()
-    cleanup = make_env("rabbitmq", redis_url).broker
-    for name in (queue, f"{queue}.DQ", f"{queue}.XQ"):
-        cleanup.channel.queue_delete(name)  # type: ignore[attr-defined]
-    cleanup.close()
 
 
 def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
