@@ -1,8 +1,18 @@
-"""Broker, stores and no-op actors shared by bench/run.py and its CLI worker processes.
+"""Broker, store and no-op actors shared by bench/run.py and its dramatiq CLI worker processes.
 
-Configured from the environment: ``AIOWF_BENCH_REDIS`` (Redis URL for broker and stores) and
-``AIOWF_BENCH_COUNT`` (``local``: tasks count in this process; ``redis``: tasks INCR a Redis
-counter and the one that reaches the target pushes to a list the benchmark blocks on).
+    dramatiq bench.apps.app -p 1 -t 8      # what bench/run.py starts for the CLI set
+
+Configured from the environment:
+
+* ``AIOWF_BENCH_REDIS``: Redis URL of the broker and of both workflow libraries' state.
+* ``AIOWF_BENCH_STATS``: Redis URL (another db, never flushed) where CLI workers report
+  their client-side counters (see ``instrument``).
+* ``AIOWF_BENCH_COUNT``: ``local`` (tasks count in this process and set a threading.Event)
+  or ``redis`` (tasks INCR a Redis counter; the one reaching the target RPUSHes to a list the
+  benchmark BLPOPs on).
+
+Each system has its own actors and queue, so a row never sees another system's messages.
+Every worker carries both libraries' middleware (they ignore messages that are not theirs).
 """
 
 from __future__ import annotations
@@ -15,16 +25,30 @@ import dramatiq
 import dramatiq_workflow as dw
 import redis
 from dramatiq.brokers.redis import RedisBroker
+from dramatiq.encoder import JSONEncoder
+from dramatiq.middleware import AsyncIO
 from dramatiq.rate_limits.backends import RedisBackend
 
 from aioworkflow import RedisStore, WorkflowMiddleware
+from bench.apps import instrument
 
 URL = os.environ.get("AIOWF_BENCH_REDIS", "redis://127.0.0.1:6379/15")
+STATS_URL = os.environ.get("AIOWF_BENCH_STATS", "redis://127.0.0.1:6379/14")
 COUNT = os.environ.get("AIOWF_BENCH_COUNT", "local")
 COUNTER_KEY, TARGET_KEY, DONE_KEY = "bench:count", "bench:target", "bench:done"
+STATS_KEY = "bench:stats"
+QUEUES = {
+    "raw dramatiq": "bench_raw",
+    "aioworkflow": "bench_aio",
+    "dramatiq pipeline": "bench_pipe",
+    "dramatiq-workflow": "bench_dw",
+}
 
+instrument.install()
+dramatiq.set_encoder(JSONEncoder())  # plain JSON: aioworkflow's scripts enqueue directly
 client = redis.Redis.from_url(URL)
 broker = RedisBroker(url=URL)  # type: ignore[no-untyped-call]
+broker.add_middleware(AsyncIO())
 store = RedisStore(url=URL)
 broker.add_middleware(WorkflowMiddleware(store))
 broker.add_middleware(dw.WorkflowMiddleware(RedisBackend(client=redis.Redis.from_url(URL))))
@@ -58,24 +82,53 @@ _INCR = client.register_script(
     "if n == tonumber(redis.call('GET', KEYS[2])) then redis.call('RPUSH', KEYS[3], n) end "
     "return n"
 )
+if COUNT == "redis":
+    instrument.Reporter(redis.Redis.from_url(STATS_URL), STATS_KEY).start()
 
 
 def _hit() -> None:
     if COUNT == "redis":
-        _INCR(keys=[COUNTER_KEY, TARGET_KEY, DONE_KEY])
+        with instrument.uncounted():
+            _INCR(keys=[COUNTER_KEY, TARGET_KEY, DONE_KEY])
     else:
         counter.hit()
 
 
-@dramatiq.actor(max_retries=0)
-def noop(*args: Any) -> None:
-    """A task that does nothing but count itself."""
+@dramatiq.actor(queue_name=QUEUES["raw dramatiq"], max_retries=0)
+def raw_noop(*args: Any) -> None:
+    """Raw dramatiq: a task that does nothing but count itself."""
     _hit()
 
 
-@dramatiq.actor(max_retries=0)
-def hop(i: int, n: int) -> None:
+@dramatiq.actor(queue_name=QUEUES["raw dramatiq"], max_retries=0)
+def raw_hop(i: int, n: int) -> None:
     """One step of a raw-dramatiq sequence: count, then send the next step."""
     _hit()
     if i + 1 < n:
-        hop.send(i + 1, n)
+        raw_hop.send(i + 1, n)
+
+
+@dramatiq.actor(queue_name=QUEUES["aioworkflow"], max_retries=0)
+def aio_noop(*args: Any) -> None:
+    """aioworkflow's no-op node."""
+    _hit()
+
+
+@dramatiq.actor(queue_name=QUEUES["dramatiq pipeline"], max_retries=0)
+def pipe_noop(*args: Any) -> None:
+    """A step of dramatiq's own pipeline."""
+    _hit()
+
+
+@dramatiq.actor(queue_name=QUEUES["dramatiq-workflow"], max_retries=0)
+def dw_noop(*args: Any) -> None:
+    """dramatiq-workflow's no-op task."""
+    _hit()
+
+
+NOOPS = {
+    "raw dramatiq": raw_noop,
+    "aioworkflow": aio_noop,
+    "dramatiq pipeline": pipe_noop,
+    "dramatiq-workflow": dw_noop,
+}
