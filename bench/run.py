@@ -559,7 +559,7 @@ def chart(data: dict[str, Any], path: Path) -> None:
         ax.set_title(f"{title} ({data['repeats']} repeat(s))")
         handles, names = ax.get_legend_handles_labels()
         uniq = dict(zip(names, handles, strict=True))
-        ax.legend(uniq.values(), uniq.keys(), fontsize=8)
+        ax.legend(uniq.values(), uniq.keys(), fontsize=8, loc="upper right")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
@@ -662,7 +662,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=None, help="default 3 (1 with --quick)")
     parser.add_argument("--only-set", choices=["local", "cli"], default=None)
     parser.add_argument("--no-cli", action="store_const", const="local", dest="only_set")
+    parser.add_argument("--replot", type=Path, help="redraw the PNG next to a results JSON")
     args = parser.parse_args()
+    if args.replot:
+        _REDIS_PROC.terminate()
+        chart(json.loads(args.replot.read_text()), args.replot.with_suffix(".png"))
+        return
     t0 = time.perf_counter()
     try:
         data = asyncio.run(main_async(args))
