@@ -1,0 +1,1 @@
+"""Crash and fault-injection tests (``-m chaos``; ``nox -s chaos`` runs the long form)."""
