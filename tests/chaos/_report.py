@@ -27,8 +27,9 @@ def report(name: str, **figures: Any) -> None:
     line = " ".join(
         f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in figures.items()
     )
-    sys.__stderr__.write(f"\n[chaos] {name} ({SCALE}): {line}\n")
-    sys.__stderr__.flush()
+    err = sys.__stderr__ or sys.stderr
+    err.write(f"\n[chaos] {name} ({SCALE}): {line}\n")
+    err.flush()
     path = os.environ.get("AIOWF_CHAOS_REPORT")
     if path:
         with open(path, "a", encoding="utf-8") as f:
