@@ -192,6 +192,44 @@ class TestMessages:
             await env.store.aclose()
             env.store.close()
 
+    async def test_successes_are_acked_by_the_completion_script(self, redis_url: str) -> None:
+        # Given a RedisBroker env (direct mode) whose broker counts dramatiq's own ack calls
+        import redis
+
+        from tests.conftest import make_env
+
+        redis.Redis.from_url(redis_url).flushdb()
+        env = make_env("redis", redis_url)
+        try:
+            t = declare_task(env)
+            acks: list[tuple[Any, ...]] = []
+            real_ack = env.broker.do_ack  # type: ignore[attr-defined]
+
+            def counting_ack(*args: Any) -> Any:
+                acks.append(args)
+                return real_ack(*args)
+
+            env.broker.do_ack = counting_ack  # type: ignore[attr-defined]
+            env.worker()
+            # When a workflow of 51 nodes runs, plus one plain dramatiq message
+            canvas = Chain(t.message("a"), Group(*[t.message(i) for i in range(50)]))
+            handle = await Workflow(canvas).run()
+            assert (await handle.wait(timeout=30)).state is State.SUCCEEDED
+            t.send("plain")
+            await wait_for(lambda: "plain" in env.rec.labels() and len(acks) == 1)
+            # Then only the plain message took dramatiq's ack round trip; the workflow's
+            # deliveries were acked inside complete.lua: no payload or ack entry is left over
+            env.broker.join(t.queue_name)
+            client = redis.Redis.from_url(redis_url)
+            assert client.hlen(f"dramatiq:{t.queue_name}.msgs") == 0
+            assert [k for k in client.keys("dramatiq:__acks__.*") if client.scard(k)] == []
+            assert client.zscore("dramatiq:__heartbeats__", env.broker.broker_id) is not None  # type: ignore[attr-defined]
+            client.close()
+        finally:
+            env.close()
+            await env.store.aclose()
+            env.store.close()
+
 
 async def wait_for(cond: Any, timeout: float = 10.0) -> None:  # noqa: ASYNC109
     """Await a condition set by worker threads (polls; the condition has no event to await)."""

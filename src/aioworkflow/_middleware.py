@@ -5,15 +5,19 @@ Where the hooks sit in dramatiq's message life cycle, and why:
 * ``before_process_message``: claim the node. Skips deliveries of completed nodes, of
   cancelled workflows and duplicates in flight; holds deliveries of paused/failed workflows;
   injects the piped input. A store error here fails the attempt, so dramatiq retries it.
-* ``after_process_message``: only remembers the outcome (thread-local). Whether a failed
-  attempt is final is decided by Retries, which may run before or after us depending on where
-  the user put this middleware, so nothing is decided here.
-* ``before_ack`` / ``before_nack``: dramatiq's final word. ``before_ack`` after a success runs
-  ``complete.lua``; ``before_nack`` (retries exhausted, ``throws``, age limit) runs
-  ``fail.lua``. Both run in the worker thread before the broker acknowledges. If the store is
-  unreachable the hook raises an error that dramatiq treats as a broker connection error: it
-  retries the hook every second and does NOT ack, so a completion is never lost, and a crash
-  meanwhile leaves the message unacked for redelivery (the done bit makes the retry harmless).
+* ``after_process_message``: a success is final, so ``complete.lua`` runs right here, in the
+  worker thread (in parallel, not on the queue's one consumer thread). On a RedisBroker of the
+  store's own Redis the same script also acks the delivery, and the consumer skips its own ack
+  round trip (``before_worker_boot`` wraps the broker's consumers for that). Failures are only
+  remembered (thread-local): whether a failed attempt is final is decided by Retries, which
+  may run before or after us depending on where the user put this middleware.
+* ``before_ack`` / ``before_nack``: dramatiq's final word. ``before_ack`` completes a success
+  that could not be counted earlier because Redis was unreachable; ``before_nack`` (retries
+  exhausted, ``throws``, age limit) runs ``fail.lua``. Both run before the broker
+  acknowledges. If the store is unreachable the hook raises an error that dramatiq treats as a
+  broker connection error: it retries the hook every second and does NOT ack, so a completion
+  is never lost, and a crash meanwhile leaves the message unacked for redelivery (the done bit
+  makes the retry harmless).
 """
 
 from __future__ import annotations
@@ -44,10 +48,43 @@ if TYPE_CHECKING:
 
     from ._store._base import Loaded, StoreBackend
 
+from ._store._base import BrokerAck
+
 __all__ = ["WorkflowMiddleware"]
 
 logger = logging.getLogger("aioworkflow")
 T = TypeVar("T")
+
+#: Set on a MessageProxy whose delivery ``complete.lua`` already acked.
+_ACKED = "_aioworkflow_acked"
+
+
+def _skip_acked_acks(broker: dramatiq.Broker) -> None:
+    """Make ``broker``'s consumers skip the ack of deliveries ``complete.lua`` acked already.
+
+    Only a RedisBroker consumer that keeps the ``queued_message_ids`` set is wrapped (the ack
+    it skips would only have removed the id from that set and found nothing left to do in
+    Redis); any other consumer acks as usual, which stays correct, just one round trip dearer.
+    """
+    original = broker.consume
+
+    def consume(*args: Any, **kwargs: Any) -> Any:
+        consumer = original(*args, **kwargs)
+        ids = getattr(consumer, "queued_message_ids", None)
+        if not isinstance(ids, set):
+            return consumer
+        ack = consumer.ack
+
+        def ack_unless_done(message: MessageProxy) -> None:
+            if getattr(message, _ACKED, False):
+                ids.discard(message.message_id)
+            else:
+                ack(message)
+
+        consumer.ack = ack_unless_done  # type: ignore[method-assign]
+        return consumer
+
+    setattr(broker, "consume", consume)  # noqa: B010 - an instance attribute over the method
 
 
 class _StoreUnavailable(MiddlewareError, BrokerConnectionError):
@@ -106,6 +143,7 @@ class WorkflowMiddleware(dramatiq.Middleware):
         self._stop = threading.Event()
         self._reconciler: threading.Thread | None = None
         self._broker: dramatiq.Broker | None = None
+        self._acking: dramatiq.Broker | None = None
 
     @property
     def actor_options(self) -> set[str]:
@@ -199,7 +237,7 @@ class WorkflowMiddleware(dramatiq.Middleware):
             return
         if exception is None and isinstance(ref[1], int):
             try:
-                self._complete(broker, ref[0], ref[1], result)
+                self._complete(broker, ref[0], ref[1], result, message)
             except _StoreUnavailable:
                 logger.warning(
                     "Completion of workflow %s node %s deferred to ack time.", ref[0], ref[1]
@@ -239,7 +277,28 @@ class WorkflowMiddleware(dramatiq.Middleware):
         self._fail(broker, ref[0], ref[1], message.actor_name, exc)
         self._local.pending = None
 
-    def _complete(self, broker: dramatiq.Broker, workflow_id: str, node: int, result: Any) -> None:
+    def _ack_for(self, broker: dramatiq.Broker, message: MessageProxy) -> BrokerAck | None:
+        """What ``complete.lua`` needs to ack ``message`` itself, if this broker allows it."""
+        redis_id = message.options.get("redis_message_id")
+        if broker is not self._acking or not isinstance(redis_id, str):
+            return None
+        ns = getattr(broker, "namespace", "dramatiq")
+        broker_id = str(getattr(broker, "broker_id", ""))
+        keys = (
+            f"{ns}:__acks__.{broker_id}.{message.queue_name}",
+            f"{ns}:{message.queue_name}.msgs",
+            f"{ns}:__heartbeats__",
+        )
+        return BrokerAck(keys, redis_id, broker_id)
+
+    def _complete(
+        self,
+        broker: dramatiq.Broker,
+        workflow_id: str,
+        node: int,
+        result: Any,
+        message: MessageProxy | None = None,
+    ) -> None:
         try:
             ctx = self._retrying(lambda: self._ctx(broker, workflow_id))
             if ctx is None:
@@ -256,11 +315,16 @@ class WorkflowMiddleware(dramatiq.Middleware):
                     err = ResultTooLarge(len(blob), self.store.result_limit)
                     self._fail(broker, workflow_id, node, "", err)
                     return
+            ack = None
+            if message is not None and ctx.loaded.mode == "d":
+                ack = self._ack_for(broker, message)
             done = self._retrying(
-                lambda: self.store.sync.complete(workflow_id, node, blob, ctx.queue_keys)
+                lambda: self.store.sync.complete(workflow_id, node, blob, ctx.queue_keys, ack)
             )
         except StoreConnectionError as exc:
             raise _StoreUnavailable(str(exc)) from exc
+        if ack is not None and message is not None:
+            setattr(message, _ACKED, True)
         if ctx.loaded.mode == "r" and done.released:
             enqueue_released(broker, workflow_id, ctx.loaded, done.released)
 
@@ -287,6 +351,12 @@ class WorkflowMiddleware(dramatiq.Middleware):
             raise _StoreUnavailable(str(exc2)) from exc2
         if ctx.loaded.mode == "r" and done.released:
             enqueue_released(broker, workflow_id, ctx.loaded, done.released)
+
+    def before_worker_boot(self, broker: dramatiq.Broker, worker: Worker) -> None:
+        """On a RedisBroker of the store's Redis, let ``complete.lua`` ack successes."""
+        if self._acking is None and self.store.direct_enqueue_possible(broker):
+            _skip_acked_acks(broker)
+            self._acking = broker
 
     # -- reconciler ------------------------------------------------------------------------
     def after_worker_boot(self, broker: dramatiq.Broker, worker: Worker) -> None:

@@ -16,7 +16,25 @@ if TYPE_CHECKING:
     from aioworkflow._plan import Claim, Completion, Upload
     from aioworkflow._status import Event
 
-__all__ = ["AsyncStore", "Loaded", "Store", "StoreBackend"]
+__all__ = ["AsyncStore", "BrokerAck", "Loaded", "Store", "StoreBackend"]
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class BrokerAck:
+    """A RedisBroker delivery for ``complete.lua`` to acknowledge in the same atomic step.
+
+    Direct mode only (the broker's queues live in the store's Redis): the script does what
+    dramatiq's ``ack`` command does (drop the id from the worker's ack set, then the payload)
+    and refreshes the worker's heartbeat, which saves the worker one round trip per task.
+    """
+
+    #: The worker's ack set for the queue, the queue's ``.msgs`` hash, the heartbeats zset.
+    keys: tuple[str, str, str]
+    #: ``message.options["redis_message_id"]``.
+    message_id: str
+    #: The consuming broker's ``broker_id`` (the heartbeat member).
+    broker_id: str
 
 
 @final
@@ -45,9 +63,14 @@ class Store(Protocol):
         ...
 
     def complete(
-        self, workflow_id: str, node: int, result: bytes | None, queue_keys: list[str]
+        self,
+        workflow_id: str,
+        node: int,
+        result: bytes | None,
+        queue_keys: list[str],
+        ack: BrokerAck | None = None,
     ) -> Completion:
-        """Run ``complete.lua``; ``result`` is stored when not None."""
+        """Run ``complete.lua``; ``result`` is stored when not None; ``ack`` acks the delivery."""
         ...
 
     def fail(

@@ -23,6 +23,8 @@ from ._base import Loaded
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    from ._base import BrokerAck
+
 __all__ = ["MemoryStore"]
 
 
@@ -208,7 +210,12 @@ class MemoryStore:
             return Claim(ClaimCode.RUN, tuple(wf.res.get(n) for n in pipe_nodes))
 
     def complete(
-        self, workflow_id: str, node: int, result: bytes | None, queue_keys: list[str]
+        self,
+        workflow_id: str,
+        node: int,
+        result: bytes | None,
+        queue_keys: list[str],
+        ack: BrokerAck | None = None,
     ) -> Completion:
         """The twin of ``complete.lua``."""
         with self._lock:

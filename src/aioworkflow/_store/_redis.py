@@ -29,7 +29,7 @@ from aioworkflow.errors import (
     WorkflowExists,
 )
 
-from ._base import Loaded
+from ._base import BrokerAck, Loaded
 from ._scripts import SOURCES, ScriptName
 from ._wire import WireScripts
 
@@ -141,10 +141,18 @@ class _SyncDriver:
         )
 
     def complete(
-        self, workflow_id: str, node: int, result: bytes | None, queue_keys: list[str]
+        self,
+        workflow_id: str,
+        node: int,
+        result: bytes | None,
+        queue_keys: list[str],
+        ack: BrokerAck | None = None,
     ) -> Completion:
         keys = _keys.workflow_keys(workflow_id) + queue_keys
-        args = [workflow_id, node, result or b"", 0 if result is None else 1]
+        args: list[Any] = [workflow_id, node, result or b"", 0 if result is None else 1]
+        if ack is not None:
+            keys += ack.keys
+            args += [ack.message_id, ack.broker_id, int(time.time() * 1000)]
         return parse_completion(self._run(ScriptName.COMPLETE, keys, args), callback=True)
 
     def fail(
