@@ -273,7 +273,8 @@ class WorkflowMiddleware(dramatiq.Middleware):
         if ref is None or isinstance(ref[1], str):
             return
         pending = self._pending(message)
-        exc = pending[1] if pending is not None else None
+        # never processed (unknown actor): dramatiq stuffed the reason into the message
+        exc = pending[1] if pending is not None else message._exception
         self._fail(broker, ref[0], ref[1], message.actor_name, exc)
         self._local.pending = None
 
