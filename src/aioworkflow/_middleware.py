@@ -4,7 +4,9 @@ Where the hooks sit in dramatiq's message life cycle, and why:
 
 * ``before_process_message``: claim the node. Skips deliveries of completed nodes, of
   cancelled workflows and duplicates in flight; holds deliveries of paused/failed workflows;
-  injects the piped input. A store error here fails the attempt, so dramatiq retries it.
+  injects the piped input. A store error here fails the attempt, so dramatiq retries it
+  (it is raised as a MiddlewareError: dramatiq logs any other error of a before-hook and runs
+  the actor anyway, unclaimed).
 * ``after_process_message``: a success is final, so ``complete.lua`` runs right here, in the
   worker thread (in parallel, not on the queue's one consumer thread). On a RedisBroker of the
   store's own Redis the same script also acks the delivery, and the consumer skips its own ack
@@ -92,6 +94,10 @@ class _StoreUnavailable(MiddlewareError, BrokerConnectionError):
 
     def __init__(self, message: str) -> None:
         Exception.__init__(self, message)
+
+
+class _ClaimFailed(MiddlewareError):
+    """Raised from before_process_message so that the attempt fails instead of running."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,6 +197,14 @@ class WorkflowMiddleware(dramatiq.Middleware):
         ref = message.options.get(OPTION)
         if ref is None:
             return
+        try:
+            self._claim(broker, message, ref)
+        except MiddlewareError:  # SkipMessage
+            raise
+        except Exception as exc:
+            raise _ClaimFailed(f"could not claim {message}: {exc!r}") from exc
+
+    def _claim(self, broker: dramatiq.Broker, message: MessageProxy, ref: list[Any]) -> None:
         workflow_id, node = ref[0], ref[1]
         ctx = self._ctx(broker, workflow_id)
         if ctx is None:
