@@ -12,13 +12,28 @@ from ._keys import queue_keys
 from ._plan import OPTION, Callback
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Callable, Iterable
 
     from ._store._base import Loaded, StoreBackend
 
-__all__ = ["as_callback", "direct_mode", "enqueue_released", "find_store", "queue_keys_for"]
+__all__ = [
+    "as_callback",
+    "direct_mode",
+    "enqueue_after_barrier",
+    "enqueue_released",
+    "find_store",
+    "queue_keys_for",
+]
 
 logger = logging.getLogger("aioworkflow")
+
+#: Test-only fault seam; None (the default) costs one global read per ready-mode release.
+#: When set, ``enqueue_after_barrier`` calls it with the workflow id and the keys that a
+#: completion or failure script has just released (its transaction is committed), before
+#: anything is sent to the broker, and enqueues only the keys it returns. Returning fewer (or
+#: raising) is a worker dying between the barrier and the broker: the keys it dropped stay in
+#: the ready set and only the reconciler can send them.
+fault_after_barrier: Callable[[str, tuple[int | str, ...]], Iterable[int | str]] | None = None
 
 
 def json_encoder_in_use() -> bool:
@@ -92,6 +107,15 @@ def enqueue_released(
                 workflow_id,
             )
     return sent
+
+
+def enqueue_after_barrier(
+    broker: dramatiq.Broker, workflow_id: str, loaded: Loaded, released: Iterable[int | str]
+) -> int:
+    """``enqueue_released`` for what a barrier script just released (through the fault seam)."""
+    if fault_after_barrier is not None:
+        released = tuple(fault_after_barrier(workflow_id, tuple(released)))
+    return enqueue_released(broker, workflow_id, loaded, released)
 
 
 def find_store(broker: dramatiq.Broker) -> StoreBackend | None:

@@ -38,7 +38,7 @@ from dramatiq.middleware import MiddlewareError, SkipMessage
 
 from . import _codec
 from ._dag import ResultSpec, spec_nodes
-from ._dramatiq import enqueue_released, queue_keys_for
+from ._dramatiq import enqueue_after_barrier, enqueue_released, queue_keys_for
 from ._plan import OPTION, ClaimCode
 from .errors import DecodeError, ResultTooLarge, StoreConnectionError, StoreError
 
@@ -341,7 +341,7 @@ class WorkflowMiddleware(dramatiq.Middleware):
         if ack is not None and message is not None:
             setattr(message, _ACKED, True)
         if ctx.loaded.mode == "r" and done.released:
-            enqueue_released(broker, workflow_id, ctx.loaded, done.released)
+            enqueue_after_barrier(broker, workflow_id, ctx.loaded, done.released)
 
     def _fail(
         self,
@@ -365,7 +365,7 @@ class WorkflowMiddleware(dramatiq.Middleware):
         except StoreConnectionError as exc2:
             raise _StoreUnavailable(str(exc2)) from exc2
         if ctx.loaded.mode == "r" and done.released:
-            enqueue_released(broker, workflow_id, ctx.loaded, done.released)
+            enqueue_after_barrier(broker, workflow_id, ctx.loaded, done.released)
 
     def before_worker_boot(self, broker: dramatiq.Broker, worker: Worker) -> None:
         """On a RedisBroker of the store's Redis, let ``complete.lua`` ack successes."""

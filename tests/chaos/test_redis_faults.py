@@ -1,0 +1,577 @@
+"""Redis faults on a worker's path: lost enqueues, killed connections, a restarted server.
+
+Every workflow here is the same small DAG (nine tasks, a join between two groups) with an
+``on_success`` callback, run with ``audit=True`` so that the event stream logs every release.
+After each run the books are checked against each other:
+
+* the workflow SUCCEEDED, and its stream holds exactly one ``node_released`` and one
+  ``node_succeeded`` event per task (none: lost; two: released or counted twice);
+* every task ran, and no run started after its node's completion had been recorded (read
+  from the done bitmap by the task itself): a node may only run again while its completion is
+  unrecorded (``reruns`` counts those legitimate second runs);
+* ``on_success`` ran exactly once per workflow, once the queues and ready sets are drained.
+
+The faults: the ``fault_after_barrier`` seam drops enqueues between the barrier script and
+RabbitMQ (only the reconciler can send those nodes); a thread kills every client connection
+of the private redis-server every 50-200 ms; the redis-server (AOF, fsync always) is
+SIGKILLed and restarted on the same port and directory while workflows run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+import random
+import signal
+import threading
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Self, TypeVar
+
+import anyio.to_thread
+import pytest
+import redis
+from dramatiq.brokers.redis import RedisBroker
+from dramatiq.middleware import CurrentMessage
+
+from aioworkflow import Chain, Group, State, Workflow, WorkflowHandle, _dramatiq, _keys
+from aioworkflow._plan import OPTION
+from aioworkflow.errors import StoreConnectionError, StoreError, WorkflowTimeout
+from tests.chaos._report import report, scaled
+from tests.conftest import make_env, start_redis
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Callable, Iterator
+
+    from aioworkflow import WorkflowStatus
+    from tests.conftest import Env, RedisServer
+
+pytestmark = pytest.mark.chaos
+
+T = TypeVar("T")
+_DONE = _keys.PARTS.index("done")
+_READY = _keys.PARTS.index("ready")
+#: Tasks per workflow (see ``_canvas``).
+TASKS = 9
+
+
+# -- books -----------------------------------------------------------------------------------
+@dataclass
+class Tally:
+    """What the actors saw, thread-safe. Times are wall-clock seconds (Redis uses that clock)."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    runs: Counter[tuple[str, int]] = field(default_factory=Counter)
+    first_start: dict[tuple[str, int], float] = field(default_factory=dict)
+    #: Runs that started although the node's completion was already recorded.
+    after_done: list[tuple[str, int]] = field(default_factory=list)
+    callbacks: Counter[str] = field(default_factory=Counter)
+    callback_at: dict[str, float] = field(default_factory=dict)
+
+    def ran(self, workflow_id: str, node: int, done: bool, at: float) -> None:
+        with self.lock:
+            self.runs[workflow_id, node] += 1
+            self.first_start.setdefault((workflow_id, node), at)
+            if done:
+                self.after_done.append((workflow_id, node))
+
+    def called_back(self, workflow_id: str, at: float) -> None:
+        with self.lock:
+            self.callbacks[workflow_id] += 1
+            self.callback_at.setdefault(workflow_id, at)
+
+
+def _persistently(call: Callable[[], T], seconds: float = 30.0) -> T:
+    """``call()``, again and again while Redis is unreachable (the faults are ours)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            return call()
+        except redis.ConnectionError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+
+
+@dataclass
+class Rig:
+    """A broker and a store on a private Redis, a worker, the two actors and the books."""
+
+    env: Env
+    queue: str
+    tally: Tally
+    step: Any
+    done: Any
+    admin: redis.Redis
+    submit_errors: Counter[str] = field(default_factory=Counter)
+
+    def workflow(self) -> Workflow:
+        m = self.step.message
+        canvas = Chain(m(), Group(m(), Chain(m(), m()), m()), Group(m(), m(), m()), m())
+        return Workflow(canvas, on_success=self.done.message(), audit=True)
+
+    async def submit(self) -> WorkflowHandle | None:
+        """Start a workflow; None if a fault cut the submission before it started.
+
+        ``run()`` is not idempotent: a connection error may come before or after the start
+        script ran, so the stored state decides whether the workflow exists and runs.
+        """
+        wf = self.workflow()
+        wf.id = uuid.uuid4().hex
+        broker, store = self.env.broker, self.env.store
+        try:
+            return await wf.run(broker=broker, store=store)
+        except StoreError as exc:
+            self.submit_errors[type(exc).__name__] += 1
+            key = _keys.workflow_keys(wf.id)[0]
+            state = await anyio.to_thread.run_sync(
+                lambda: _persistently(lambda: self.admin.hget(key, "state"))
+            )
+            if state is None or state == State.PENDING.value.encode():
+                return None
+            return WorkflowHandle(wf.id, broker=broker, store=store)
+
+    def ready_entries(self, ids: list[str]) -> int:
+        pipe = self.admin.pipeline(transaction=False)
+        for wf in ids:
+            pipe.zcard(_keys.workflow_keys(wf)[_READY])
+        return sum(pipe.execute())
+
+    def drain(self) -> None:
+        """Wait until the queues are empty and the worker is idle."""
+        broker = self.env.broker
+        for queue in (self.queue, f"{self.queue}.DQ"):
+            if isinstance(broker, RedisBroker):
+                broker.join(queue, timeout=30_000)
+            else:
+                broker.join(queue, min_successes=3, idle_time=50, timeout=30_000)  # type: ignore[call-arg]
+        for w in self.env.workers:
+            w.join()
+
+
+@contextlib.asynccontextmanager
+async def rig(kind: str, url: str, **mw: Any) -> AsyncIterator[Rig]:
+    """A rig on ``kind`` ("rabbitmq": ready mode; "redis": direct mode on the same Redis)."""
+    env = make_env(kind, url, **mw)
+    env.broker.add_middleware(CurrentMessage())
+    queue = f"chaos_rf_{uuid.uuid4().hex[:10]}"
+    tally = Tally()
+    observer = redis.Redis.from_url(url)
+
+    def step() -> None:
+        message = CurrentMessage.get_current_message()
+        assert message is not None
+        workflow_id, node = message.options[OPTION][:2]
+        key = _keys.workflow_keys(workflow_id)[_DONE]
+        at = time.time()
+        done = _persistently(lambda: observer.getbit(key, node))
+        tally.ran(workflow_id, node, bool(done), at)
+
+    def finished(workflow_id: str) -> None:
+        tally.called_back(workflow_id, time.time())
+
+    # Store errors before a task (claim) fail the attempt: retry soon, and for long enough.
+    options = {"queue_name": queue, "max_retries": 10_000, "min_backoff": 20, "max_backoff": 400}
+    built = Rig(
+        env,
+        queue,
+        tally,
+        env.actor(step, actor_name=f"{queue}_step", **options),
+        env.actor(finished, actor_name=f"{queue}_done", **options),
+        redis.Redis.from_url(url),
+    )
+    try:
+        env.worker(threads=8)
+        yield built
+    finally:
+        for w in env.workers:
+            w.stop()
+        env.workers.clear()
+        if kind == "rabbitmq":  # leave the shared RabbitMQ clean
+            for name in (queue, f"{queue}.DQ", f"{queue}.XQ"):
+                with contextlib.suppress(Exception):
+                    env.broker.channel.queue_delete(name)  # type: ignore[attr-defined]
+        env.close()
+        observer.close()
+        built.admin.close()
+        await env.store.aclose()
+        env.store.close()
+
+
+@pytest.fixture
+def servers() -> Iterator[list[RedisServer]]:
+    """Private redis-servers a test starts; each is killed at teardown, whatever happened."""
+    started: list[RedisServer] = []
+    yield started
+    for server in started:
+        if server.proc is not None and server.proc.poll() is None:
+            server.proc.kill()
+            server.proc.wait(10)
+
+
+async def settle_all(handles: list[WorkflowHandle], seconds: float) -> list[WorkflowStatus]:
+    """Each workflow's final status; fails naming the stalled ones after ``seconds``."""
+    deadline = time.monotonic() + seconds
+    out: list[WorkflowStatus] = []
+    for handle in handles:
+        while True:
+            try:
+                out.append(await handle.wait(timeout=max(0.1, deadline - time.monotonic())))
+                break
+            except StoreConnectionError:
+                continue
+            except WorkflowTimeout:
+                stalled = [str(await h.status()) for h in handles if not (await h.status()).done]
+                pytest.fail(f"{len(stalled)} workflows stalled: {stalled[:5]}")
+    return out
+
+
+async def all_done(handles: list[WorkflowHandle], until: float) -> bool:
+    """Whether every workflow ended before monotonic time ``until`` (False at that time)."""
+    pending = list(handles)
+    while pending and time.monotonic() < until:
+        with contextlib.suppress(StoreConnectionError):
+            pending = [h for h in pending if not (await h.status()).done]
+        await asyncio.sleep(0.1)
+    return not pending
+
+
+async def wait_for(condition: Callable[[], bool], seconds: float, what: str) -> None:
+    """Poll ``condition`` (in a thread: it may block) until true; fail after ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while not await anyio.to_thread.run_sync(condition):
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+@dataclass
+class Books:
+    """The checked figures of a run."""
+
+    workflows: int
+    nodes: int
+    lost: int
+    doubly_released: int
+    double_counted: int
+    never_ran: int
+    after_done: int
+    reruns: int
+    callbacks_missing: int
+    callbacks_doubled: int
+    #: Wall-clock ms of every completion (from the stream ids), sorted.
+    completions_ms: list[int]
+    finished_ms: list[int]
+
+    def figures(self) -> dict[str, Any]:
+        return {
+            "workflows": self.workflows,
+            "nodes": self.nodes,
+            "lost": self.lost,
+            "doubly_released": self.doubly_released,
+            "double_counted": self.double_counted,
+            "reruns": self.reruns,
+            "after_done": self.after_done,
+            "on_success_missing": self.callbacks_missing,
+            "on_success_doubled": self.callbacks_doubled,
+        }
+
+    def check(self) -> None:
+        assert self.lost == 0, "releases or completions lost (or tasks never run)"
+        assert self.doubly_released == 0, "a node was released twice"
+        assert self.double_counted == 0, "a completion was counted twice"
+        assert self.after_done == 0, "a task ran again after its completion was recorded"
+        assert self.callbacks_missing == 0, "on_success never ran"
+        assert self.callbacks_doubled == 0, "on_success ran twice"
+
+    def max_gap_s(self, since_ms: int) -> float:
+        """Longest stretch without a completion while work was left."""
+        marks = [since_ms, *self.completions_ms]
+        return max((b - a for a, b in itertools.pairwise(marks)), default=0) / 1000
+
+
+async def audit(r: Rig, handles: list[WorkflowHandle], statuses: list[WorkflowStatus]) -> Books:
+    """Drain everything, then read every workflow's stream and compare with the tally."""
+    assert all(s.state is State.SUCCEEDED for s in statuses), [
+        s for s in statuses if s.state is not State.SUCCEEDED
+    ]
+    ids = [h.id for h in handles]
+    await wait_for(lambda: all(r.tally.callbacks[i] for i in ids), 30, "every on_success")
+    await wait_for(lambda: r.ready_entries(ids) == 0, 30, "empty ready sets")
+    await anyio.to_thread.run_sync(r.drain)
+    released: Counter[tuple[str, int]] = Counter()
+    succeeded: Counter[tuple[str, int]] = Counter()
+    completions: list[int] = []
+    for handle in handles:
+        async for event in handle.events(follow=False):
+            if event.kind == "node_released" and event.node is not None:
+                released[handle.id, event.node] += 1
+            elif event.kind == "node_succeeded" and event.node is not None:
+                succeeded[handle.id, event.node] += 1
+                completions.append(int(event.id.split("-")[0]))
+    nodes = [(i, n) for i in ids for n in range(TASKS)]
+    tally = r.tally
+    return Books(
+        workflows=len(ids),
+        nodes=len(nodes),
+        lost=sum(1 for k in nodes if not released[k] or not succeeded[k] or not tally.runs[k]),
+        doubly_released=sum(max(0, released[k] - 1) for k in nodes),
+        double_counted=sum(max(0, succeeded[k] - 1) for k in nodes),
+        never_ran=sum(1 for k in nodes if not tally.runs[k]),
+        after_done=len(tally.after_done),
+        reruns=sum(max(0, tally.runs[k] - 1) for k in nodes),
+        callbacks_missing=sum(1 for i in ids if not tally.callbacks[i]),
+        callbacks_doubled=sum(1 for i in ids if tally.callbacks[i] > 1),
+        completions_ms=sorted(completions),
+        finished_ms=sorted(s.finished_at or 0 for s in statuses),
+    )
+
+
+class _Resends(logging.Handler):
+    """Counts the nodes the reconciler re-sends (from its log line)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.count = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.msg.startswith("Reconciler re-sends") and record.args:
+            self.count += len(record.args[0])  # type: ignore[arg-type,index]
+
+
+@contextlib.contextmanager
+def counting_resends() -> Iterator[_Resends]:
+    logger = logging.getLogger("aioworkflow")
+    handler, level = _Resends(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+# -- 1. lost enqueues --------------------------------------------------------------------------
+RECONCILE_AGE = 0.5
+
+
+@pytest.mark.timeout(scaled(90, 1800))
+async def test_enqueues_lost_after_the_barrier_are_sent_by_the_reconciler(
+    servers: list[RedisServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a RabbitMQ worker (ready mode) whose enqueues after each barrier script are dropped
+    # for about a third of the released nodes and callbacks, as if it died right there
+    server = start_redis()
+    servers.append(server)
+    n = scaled(40, 600)
+    seed = random.randrange(1 << 30)
+    rng, rng_lock = random.Random(seed), threading.Lock()
+    dropped: dict[tuple[str, int | str], float] = {}
+
+    def drop_some(workflow_id: str, released: tuple[int | str, ...]) -> list[int | str]:
+        kept = []
+        with rng_lock:
+            for key in released:
+                if rng.random() < 0.3:
+                    dropped[workflow_id, key] = time.time()
+                else:
+                    kept.append(key)
+        return kept
+
+    monkeypatch.setattr(_dramatiq, "fault_after_barrier", drop_some)
+    started = time.monotonic()
+    async with rig(
+        "rabbitmq", server.url, reconcile_interval=0.1, reconcile_age=RECONCILE_AGE
+    ) as r:
+        with counting_resends() as resends:
+            # When workflows run
+            handles = [h for h in await asyncio.gather(*(r.submit() for _ in range(n))) if h]
+            assert len(handles) == n
+            statuses = await settle_all(handles, scaled(60, 1500))
+            books = await audit(r, handles, statuses)
+        # Then every dropped node (and callback) was sent again by the reconciler, and only by
+        # it: its first run started at least reconcile_age after it was dropped
+        delays = []
+        for (wf, key), at in dropped.items():
+            if isinstance(key, str):
+                first = r.tally.callback_at.get(wf)
+            else:
+                first = r.tally.first_start.get((wf, key))
+            assert first is not None, f"dropped {key} of {wf} never ran"
+            delays.append(first - at)
+        exact = sum(1 for h in handles for n in range(TASKS) if r.tally.runs[h.id, n] == 1)
+        report(
+            "lost_enqueue",
+            **books.figures(),
+            dropped=len(dropped),
+            resent=resends.count,
+            recover_min_s=min(delays, default=0.0),
+            recover_mean_s=sum(delays) / max(1, len(delays)),
+            recover_max_s=max(delays, default=0.0),
+            seed=seed,
+            elapsed_s=time.monotonic() - started,
+        )
+    books.check()
+    assert len(dropped) > n // 2, "the fault seam dropped (almost) nothing"
+    assert min(delays) >= RECONCILE_AGE - 0.05, "a dropped node was sent before the reconciler"
+    assert resends.count >= len(dropped)
+    # nothing failed on the broker side, so every task ran exactly once
+    assert exact == books.nodes
+
+
+# -- 2a. connection kill storm -----------------------------------------------------------------
+class Killer:
+    """A thread that kills every normal client connection every 50-200 ms while it runs."""
+
+    def __init__(self, port: int) -> None:
+        self.admin = redis.Redis(port=port)
+        self.stop = threading.Event()
+        self.kills = 0
+        self.clients_killed = 0
+        self.thread = threading.Thread(target=self._run, name="client-killer", daemon=True)
+
+    def _run(self) -> None:
+        while not self.stop.wait(random.uniform(0.05, 0.2)):
+            with contextlib.suppress(redis.ConnectionError):
+                self.clients_killed += int(
+                    self.admin.client_kill_filter(_type="normal", skipme=True)
+                )
+                self.kills += 1
+
+    def __enter__(self) -> Self:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(10)
+        self.admin.close()
+
+
+@pytest.mark.timeout(scaled(90, 1800))
+@pytest.mark.parametrize("kind", ["rabbitmq", "redis"])
+async def test_completions_survive_a_client_kill_storm(
+    kind: str, servers: list[RedisServer]
+) -> None:
+    # Given a worker (RabbitMQ + private Redis store, or RedisBroker on that same Redis)
+    server = start_redis()
+    servers.append(server)
+    n = scaled(60, 1500)
+    storm_s = scaled(6, 120)
+    started = time.monotonic()
+    async with rig(kind, server.url, reconcile_interval=0.2, reconcile_age=1.0) as r:
+        # When workflows are submitted and run while every client connection is killed every
+        # 50-200 ms (submissions cut by a kill before the workflow started do not count)
+        with Killer(server.port) as killer:
+            t0 = int(time.time() * 1000)
+            pace = storm_s * 0.7 / n
+            handles: list[WorkflowHandle] = []
+            for _ in range(n):
+                handle = await r.submit()
+                if handle is not None:
+                    handles.append(handle)
+                await asyncio.sleep(pace)
+            await all_done(handles, started + storm_s)  # the storm lasts storm_s at most
+        storm_end = int(time.time() * 1000)
+        # Then, once the storm is over, every workflow succeeds with its books straight
+        statuses = await settle_all(handles, scaled(60, 600))
+        books = await audit(r, handles, statuses)
+        report(
+            f"client_kill_storm[{kind}]",
+            **books.figures(),
+            submitted=n,
+            submits_cut=n - len(handles),
+            submit_errors=dict(r.submit_errors),
+            kills=killer.kills,
+            connections_killed=killer.clients_killed,
+            max_gap_s=books.max_gap_s(t0),
+            recover_s=max(0, books.finished_ms[-1] - storm_end) / 1000,
+            elapsed_s=time.monotonic() - started,
+        )
+    books.check()
+    assert killer.clients_killed > killer.kills, "the storm killed (almost) nothing"
+    assert len(handles) >= n // 4, "the storm cut (almost) every submission"
+
+
+# -- 2b. redis-server restarts -----------------------------------------------------------------
+AOF = ("--appendonly", "yes", "--appendfsync", "always")
+
+
+@pytest.mark.timeout(scaled(90, 1800))
+async def test_completions_survive_redis_restarts(servers: list[RedisServer]) -> None:
+    # Given a RabbitMQ worker whose store is a redis-server with an fsync-always AOF, holding
+    # some ballast so that reloading it takes a moment (clients get LOADING meanwhile)
+    server = start_redis(*AOF)
+    servers.append(server)
+    ballast = redis.Redis(port=server.port)
+    pipe = ballast.pipeline(transaction=False)
+    for i in range(200):
+        pipe.set(f"ballast:{i}", os.urandom(100_000))
+    pipe.execute()
+    ballast.close()
+    pace = 0.1
+    restarts = scaled(2, 12)
+    started = time.monotonic()
+    recover: list[float] = []
+    async with rig("rabbitmq", server.url, reconcile_interval=0.2, reconcile_age=1.0) as r:
+        t0 = int(time.time() * 1000)
+        handles: list[WorkflowHandle] = []
+        stop = asyncio.Event()
+
+        async def submitter() -> None:  # a steady flow of workflows until the last restart
+            while not stop.is_set():
+                handle = await r.submit()
+                if handle is not None:
+                    handles.append(handle)
+                await asyncio.sleep(pace)
+
+        def count_done() -> int:
+            pipe = r.admin.pipeline(transaction=False)
+            for h in handles.copy():  # the submitter appends meanwhile
+                pipe.hget(_keys.workflow_keys(h.id)[0], "ok")
+            return sum(int(ok or 0) for ok in pipe.execute())
+
+        async def restart() -> None:
+            assert server.proc is not None
+            # When the server is SIGKILLed while tasks complete, and restarted on the same
+            # port and directory after a short outage
+            server.proc.send_signal(signal.SIGKILL)
+            server.proc.wait(10)
+            await asyncio.sleep(random.uniform(0.3, 1.0))
+            back = await anyio.to_thread.run_sync(
+                lambda: start_redis(*AOF, port=server.port, workdir=server.workdir)
+            )
+            server.proc = back.proc
+            up = time.monotonic()
+            before = await anyio.to_thread.run_sync(lambda: _persistently(count_done))
+            await wait_for(lambda: count_done() > before, 60, "a completion after a restart")
+            recover.append(time.monotonic() - up)
+
+        feeding = asyncio.create_task(submitter())
+        try:
+            for _ in range(restarts):
+                await asyncio.sleep(random.uniform(1.0, 2.0))
+                await restart()
+        finally:
+            stop.set()
+            await feeding
+            if server.proc is None or server.proc.poll() is not None:  # never leave it down
+                server.proc = start_redis(*AOF, port=server.port, workdir=server.workdir).proc
+        # Then every workflow succeeds with its books straight
+        statuses = await settle_all(handles, scaled(60, 600))
+        books = await audit(r, handles, statuses)
+        report(
+            "redis_restart",
+            **books.figures(),
+            restarts=restarts,
+            max_gap_s=books.max_gap_s(t0),
+            first_completion_after_restart_max_s=max(recover, default=0.0),
+            elapsed_s=time.monotonic() - started,
+        )
+    books.check()
