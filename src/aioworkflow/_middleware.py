@@ -4,9 +4,11 @@ Where the hooks sit in dramatiq's message life cycle, and why:
 
 * ``before_process_message``: claim the node. Skips deliveries of completed nodes, of
   cancelled workflows and duplicates in flight; holds deliveries of paused/failed workflows;
-  injects the piped input. A store error here fails the attempt, so dramatiq retries it
-  (it is raised as a MiddlewareError: dramatiq logs any other error of a before-hook and runs
-  the actor anyway, unclaimed).
+  injects the piped input. A claim is idempotent for a message id, so connection errors are
+  retried here first (as for completions: a failed attempt goes through dramatiq's Retries,
+  whose re-enqueue on a failing RedisBroker may be lost). A store error that persists fails
+  the attempt, so dramatiq retries it (it is raised as a MiddlewareError: dramatiq logs any
+  other error of a before-hook and runs the actor anyway, unclaimed).
 * ``after_process_message``: a success is final, so ``complete.lua`` runs right here, in the
   worker thread (in parallel, not on the queue's one consumer thread). On a RedisBroker of the
   store's own Redis the same script also acks the delivery, and the consumer skips its own ack
@@ -206,13 +208,15 @@ class WorkflowMiddleware(dramatiq.Middleware):
 
     def _claim(self, broker: dramatiq.Broker, message: MessageProxy, ref: list[Any]) -> None:
         workflow_id, node = ref[0], ref[1]
-        ctx = self._ctx(broker, workflow_id)
+        ctx = self._retrying(lambda: self._ctx(broker, workflow_id))
         if ctx is None:
             logger.warning("Workflow %s no longer exists; skipping %s.", workflow_id, message)
             raise SkipMessage("workflow not found")
         spec = ctx.loaded.dag.pipes.get(node) if isinstance(node, int) and len(ref) < 3 else None
         wanted = spec_nodes(spec) if spec is not None else []
-        claim = self.store.sync.claim(workflow_id, node, message.message_id, wanted)
+        claim = self._retrying(
+            lambda: self.store.sync.claim(workflow_id, node, message.message_id, wanted)
+        )
         if not claim.run:
             if claim.code == ClaimCode.MISSING:
                 logger.warning("Workflow %s no longer exists; skipping %s.", workflow_id, message)
