@@ -200,7 +200,8 @@ class WireScripts:
         """EVALSHA ``name``; loads the script once if Redis does not know it.
 
         Raises:
-            StoreConnectionError: Redis unreachable, timed out or the connection broke.
+            StoreConnectionError: Redis unreachable, timed out, the connection broke, or
+                Redis is still loading its data set.
             ScriptError: the script raised an error.
         """
         packet = (
@@ -222,5 +223,8 @@ class WireScripts:
             self._drop()
             raise StoreConnectionError(f"Redis connection failed: {exc}") from exc
         if isinstance(reply, _ReplyError):
+            if str(reply).startswith("LOADING"):  # a restarted Redis reading its data back:
+                # transient, like redis-py's BusyLoadingError (a ConnectionError)
+                raise StoreConnectionError(str(reply))
             raise ScriptError(str(reply))
         return reply
