@@ -12,9 +12,17 @@ After each run the books are checked against each other:
 * ``on_success`` ran exactly once per workflow, once the queues and ready sets are drained.
 
 The faults: the ``fault_after_barrier`` seam drops enqueues between the barrier script and
-RabbitMQ (only the reconciler can send those nodes); a thread kills every client connection
-of the private redis-server every 50-200 ms; the redis-server (AOF, fsync always) is
-SIGKILLed and restarted on the same port and directory while workflows run.
+RabbitMQ (only the reconciler can send those nodes); a thread kills the client connections of
+the private redis-server every 50-200 ms (in direct mode all but the RedisBroker's own); the
+redis-server (AOF, fsync always, ballast that takes ~0.25 s to load) is SIGKILLed and
+restarted on the same port and directory while tasks are in flight.
+
+What they caught: a claim that hit a store error ran the actor anyway, unclaimed (dramatiq
+swallows non-MiddlewareErrors of before-hooks: on_success ran twice); a claim error sent
+the delivery through Retries, whose re-enqueue on the failing RedisBroker was lost (stalls);
+``-LOADING`` after a restart was a ScriptError on the wire path, so completions were
+swallowed (stalls). ``swallowed`` must stay 0: it counts errors of aioworkflow's hooks that
+dramatiq logged and dropped.
 """
 
 from __future__ import annotations
