@@ -175,6 +175,10 @@ class WorkflowMiddleware(dramatiq.Middleware):
                 self._cache.popitem(last=False)
         return ctx
 
+    def _forget(self, workflow_id: str) -> None:
+        with self._cache_lock:
+            self._cache.pop(workflow_id, None)
+
     def _retrying(self, call: Callable[[], T]) -> T:
         delay = 0.05
         for attempt in range(self.store_attempts):
@@ -219,6 +223,7 @@ class WorkflowMiddleware(dramatiq.Middleware):
         )
         if not claim.run:
             if claim.code == ClaimCode.MISSING:
+                self._forget(workflow_id)
                 logger.warning("Workflow %s no longer exists; skipping %s.", workflow_id, message)
             raise SkipMessage(f"workflow {workflow_id} node {node}: claim code {claim.code}")
         if node in ctx.loaded.dag.pipes and len(ref) < 3:
@@ -344,6 +349,10 @@ class WorkflowMiddleware(dramatiq.Middleware):
             raise _StoreUnavailable(str(exc)) from exc
         if ack is not None and message is not None:
             setattr(message, _ACKED, True)
+        if done.status < 0:  # its keys expired or were deleted while the node ran
+            self._forget(workflow_id)
+            logger.warning("Workflow %s vanished before node %s completed.", workflow_id, node)
+            return
         if ctx.loaded.mode == "r" and done.released:
             enqueue_after_barrier(broker, workflow_id, ctx.loaded, done.released)
 
@@ -368,6 +377,10 @@ class WorkflowMiddleware(dramatiq.Middleware):
             )
         except StoreConnectionError as exc2:
             raise _StoreUnavailable(str(exc2)) from exc2
+        if done.status < 0:
+            self._forget(workflow_id)
+            logger.warning("Workflow %s vanished before node %s failed.", workflow_id, node)
+            return
         if ctx.loaded.mode == "r" and done.released:
             enqueue_after_barrier(broker, workflow_id, ctx.loaded, done.released)
 
