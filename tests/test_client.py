@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Iterator  # noqa: TC003 - fixtures' types
-from typing import Self
+from typing import Any, Self
 
 import pytest
 import redis
@@ -28,7 +28,11 @@ from aioworkflow import (
     WorkflowMiddleware,
     WorkflowNotFound,
 )
+from aioworkflow._store import _redis
+from aioworkflow._store._scripts import ScriptName
+from aioworkflow.errors import StoreConnectionError
 from tests.conftest import Env, make_env
+from tests.test_control import drain
 from tests.test_runtime import declare_task
 
 
@@ -121,6 +125,49 @@ class TestSubmit:
             await Workflow(t.message(3), id="same").run()
         status = await first.status()
         assert (status.total, status.state) == (2, State.RUNNING)
+
+    @pytest.mark.parametrize(
+        "lost",
+        [("submit", ""), ("start", "first"), ("start", "more"), ("start", "last")],
+        ids=["claim", "first-chunk", "middle-chunk", "last-chunk"],
+    )
+    async def test_a_submission_whose_reply_is_lost_is_retried_and_releases_each_root_once(
+        self, redis_env: Env, monkeypatch: pytest.MonkeyPatch, lost: tuple[str, str]
+    ) -> None:
+        # Given a store whose connection drops once, right after Redis ran one of the submit
+        # steps (the step took effect; its reply is lost), and roots released in chunks of 10
+        monkeypatch.setattr(_redis, "ROOT_CHUNK", 10)
+        driver = redis_env.store.aio()
+        real = driver._run
+        calls: list[str] = []
+
+        async def reply_lost(name: ScriptName, keys: list[str], args: list[Any]) -> Any:
+            step = name.value if name is not ScriptName.START else args[1]
+            if name is ScriptName.START and args[1] == "more" and args[2] == 20:
+                step = "last"
+            calls.append(f"{name.value}:{step}")
+            reply = await real(name, keys, args)
+            if (name.value, step if name is ScriptName.START else "") == lost and calls.count(
+                calls[-1]
+            ) == 1:
+                raise StoreConnectionError("connection lost before the reply")
+            return reply
+
+        monkeypatch.setattr(driver, "_run", reply_lost)
+        t = declare_task(redis_env)
+        # When a workflow with 25 roots is run
+        handle = await Workflow(
+            Chain(Group(*[t.message(i) for i in range(25)]), t.message("z"))
+        ).run()
+        # Then run() retried and returned, the step ran again or was found done
+        assert len(calls) > len(set(calls)), calls
+        assert (await handle.status()).total == 26
+        # and each root was enqueued once, and every node runs exactly once
+        assert redis_env.store.client.hlen(f"dramatiq:{t.queue_name}.msgs") == 25
+        redis_env.worker()
+        assert (await handle.wait(timeout=30)).state is State.SUCCEEDED
+        await drain(redis_env)
+        assert sorted(map(str, redis_env.rec.labels())) == sorted(map(str, [*range(25), "z"]))
 
     async def test_running_without_the_middleware_is_a_configuration_error(self) -> None:
         with pytest.raises(ConfigurationError, match="WorkflowMiddleware"):

@@ -21,7 +21,9 @@ What they caught: a claim that hit a store error ran the actor anyway, unclaimed
 swallows non-MiddlewareErrors of before-hooks: on_success ran twice); a claim error sent
 the delivery through Retries, whose re-enqueue on the failing RedisBroker was lost (stalls);
 ``-LOADING`` after a restart was a ScriptError on the wire path, so completions were
-swallowed (stalls). ``swallowed`` must stay 0: it counts errors of aioworkflow's hooks that
+swallowed (stalls); ``run()`` gave up on about 40% of submissions in the storm, and one cut
+right after claiming its id left a key without a TTL (now: retried, idempotent attempts; the
+id is claimed with a TTL). ``swallowed`` must stay 0: it counts errors of aioworkflow's hooks that
 dramatiq logged and dropped.
 """
 
@@ -139,7 +141,8 @@ class Rig:
     async def submit(self) -> WorkflowHandle | None:
         """Start a workflow; None if a fault cut the submission before it started.
 
-        ``run()`` is not idempotent: a connection error may come before or after the start
+        ``run()`` retries its steps on connection errors (each attempt of one submission is
+        idempotent); when it still gives up, the error may come before or after the start
         script ran, so the stored state decides whether the workflow exists and runs.
         """
         wf = self.workflow()
@@ -629,7 +632,7 @@ async def test_completions_survive_a_client_kill_storm(
     books.check()
     assert logs.figures()["swallowed"] == 0, "dramatiq swallowed an error of the middleware"
     assert killer.clients_killed > killer.kills, "the storm killed (almost) nothing"
-    assert len(handles) >= n // 4, "the storm cut (almost) every submission"
+    assert n - len(handles) <= max(1, n // 20), "run() gave up on submissions: it retries"
 
 
 # -- 2b. redis-server restarts -----------------------------------------------------------------

@@ -40,6 +40,9 @@ __all__ = ["RedisStore"]
 
 #: Roots released per start-script call: keeps each call short on a 100,000-root workflow.
 ROOT_CHUNK = 1000
+#: Attempts of one run() submission on connection errors, and the first back-off (seconds).
+SUBMIT_ATTEMPTS = 6
+SUBMIT_FIRST_BACKOFF = 0.05
 #: Connections per event loop for the async client; further callers wait for a free one.
 AIO_MAX_CONNECTIONS = 64
 #: Longest blocking XREAD: redis-py's default socket read timeout (5 s) must not cut it off;
@@ -194,46 +197,67 @@ class _AsyncDriver:
             return await self._scripts[name](keys=keys, args=list(args))
 
     async def submit(self, workflow_id: str, upload: Upload, queue_keys: list[str]) -> Completion:
+        token = secrets.token_hex(16)
+        delay = SUBMIT_FIRST_BACKOFF
+        for attempt in range(SUBMIT_ATTEMPTS):
+            try:
+                return await self._submit(workflow_id, upload, queue_keys, token)
+            except StoreConnectionError:
+                if attempt == SUBMIT_ATTEMPTS - 1:
+                    raise
+                await asyncio.sleep(delay)  # back-off before reconnecting
+                delay *= 2
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _submit(
+        self, workflow_id: str, upload: Upload, queue_keys: list[str], token: str
+    ) -> Completion:
+        """One attempt; attempts of one submission (same ``token``) are idempotent: the id is
+        claimed once, the upload rewritten only while still PENDING, and each root chunk is
+        released once (start.lua's chunk offsets)."""
         keys = _keys.workflow_keys(workflow_id)
         c = self._client
-        with map_exceptions():
-            if not await c.hsetnx(keys[0], "state", State.PENDING.value):
-                raise WorkflowExists(f"a workflow with id {workflow_id!r} already exists")
-            pipe = c.pipeline(transaction=False)
-            pipe.hset(keys[0], mapping=upload.meta)
-            for part, blob in (
-                ("cnt", upload.cnt),
-                ("off", upload.off),
-                ("succ", upload.succ),
-                ("dag", upload.dag),
-            ):
-                pipe.set(keys[_keys.PARTS.index(part)], blob)
-            retention = int(upload.meta["ret"])
-            for key in keys:  # an abandoned PENDING upload must not leak; start.lua persists
-                pipe.pexpire(key, retention)
-            await pipe.execute()
-            # Templates go in modest pipelines: redis-py packs commands on the event loop, and
-            # one 10,000-template pipeline would stall it for ~100 ms.
-            items = list(upload.templates.items())
-            tpl = keys[_keys.PARTS.index("tpl")]
-            for i in range(0, len(items), TEMPLATE_CHUNK):
-                await c.hset(tpl, mapping=dict(items[i : i + TEMPLATE_CHUNK]))
-            if items:
-                await c.pexpire(tpl, retention)
-            await c.zadd(_keys.ACTIVE, {workflow_id: int(time.time() * 1000)})
+        retention = int(upload.meta["ret"])
+        claimed = await self._run(ScriptName.SUBMIT, keys, [workflow_id, token, retention])
+        if claimed[0] == 0:
+            raise WorkflowExists(f"a workflow with id {workflow_id!r} already exists")
+        pending = claimed[0] == 1 or bytes(claimed[1] or b"") == State.PENDING.value.encode()
+        if pending:
+            with map_exceptions():
+                pipe = c.pipeline(transaction=False)
+                pipe.hset(keys[0], mapping=upload.meta)
+                for part, blob in (
+                    ("cnt", upload.cnt),
+                    ("off", upload.off),
+                    ("succ", upload.succ),
+                    ("dag", upload.dag),
+                ):
+                    pipe.set(keys[_keys.PARTS.index(part)], blob)
+                for key in keys:  # an abandoned PENDING upload must not leak; start.lua persists
+                    pipe.pexpire(key, retention)
+                await pipe.execute()
+                # Templates go in modest pipelines: redis-py packs commands on the event loop,
+                # and one 10,000-template pipeline would stall it for ~100 ms.
+                items = list(upload.templates.items())
+                tpl = keys[_keys.PARTS.index("tpl")]
+                for i in range(0, len(items), TEMPLATE_CHUNK):
+                    await c.hset(tpl, mapping=dict(items[i : i + TEMPLATE_CHUNK]))
+                if items:
+                    await c.pexpire(tpl, retention)
+                await c.zadd(_keys.ACTIVE, {workflow_id: int(time.time() * 1000)})
         roots = list(upload.roots)
         all_keys = keys + queue_keys
         first = await self._run(
-            ScriptName.START, all_keys, [workflow_id, "first", *roots[:ROOT_CHUNK]]
+            ScriptName.START, all_keys, [workflow_id, "first", 0, *roots[:ROOT_CHUNK]]
         )
         done = parse_completion(first)
         released = list(done.released)
         for i in range(ROOT_CHUNK, len(roots), ROOT_CHUNK):
             more = await self._run(
-                ScriptName.START, all_keys, [workflow_id, "more", *roots[i : i + ROOT_CHUNK]]
+                ScriptName.START, all_keys, [workflow_id, "more", i, *roots[i : i + ROOT_CHUNK]]
             )
             released += parse_completion(more).released
-        return Completion(done.status, done.state, tuple(released))
+        return Completion(1, done.state, tuple(released))
 
     async def meta(self, workflow_id: str) -> tuple[dict[str, str], int] | None:
         keys = _keys.workflow_keys(workflow_id)

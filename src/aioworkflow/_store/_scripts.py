@@ -11,6 +11,7 @@ __all__ = ["SOURCES", "ScriptName"]
 class ScriptName(enum.StrEnum):
     """One atomic operation each; the file is ``lua/<value>.lua``."""
 
+    SUBMIT = "submit"
     START = "start"
     CLAIM = "claim"
     COMPLETE = "complete"
