@@ -104,7 +104,9 @@ class Workflow:
         canvas: a message, ``Chain``, ``Group``, ``WithDelay`` or ``Graph``.
         on_success: a dramatiq message enqueued once when the last node succeeds.
         on_failure: a dramatiq message enqueued once when a node fails for good.
-        id: the workflow id (default: a fresh random id).
+        id: the workflow id (default: a fresh random id). It must not start with ``}``: the
+            id is the Redis Cluster hash tag of the workflow's keys (``aiowf:{<id>}:...``),
+            and ``{}`` would hash each key on its own, spreading them over slots.
         audit: log every node release as a ``node_released`` event (costs one stream entry
             per release; meant for tests and debugging).
         max_message_bytes: the largest encoded arguments of one node; ``run()`` raises
@@ -127,6 +129,11 @@ class Workflow:
         max_message_bytes: int = MAX_MESSAGE_BYTES,
     ) -> None:
         _check_step(canvas, "Workflow")
+        if id is not None and id.startswith("}"):
+            raise ConfigurationError(
+                f"workflow id {id!r} starts with '}}': its keys would not share a Redis Cluster "
+                "slot (the id is their hash tag)"
+            )
         for name, cb in (("on_success", on_success), ("on_failure", on_failure)):
             if cb is not None:
                 _check_step(cb, name)
