@@ -161,7 +161,9 @@ class Workflow:
             GraphError: the canvas does not compile (nothing is stored).
             MessageTooLarge: a node's arguments exceed ``max_message_bytes``.
             WorkflowExists: ``id`` is taken (nothing is changed).
-            StoreError: the store failed.
+            StoreError: the store failed. Connection errors are retried first (6 attempts
+                over about 3 s); the attempts of one call are idempotent, so a retried
+                submission never starts a node twice.
         """
         broker, store = _resolve(broker, store)
         workflow_id = self.id or uuid.uuid4().hex
