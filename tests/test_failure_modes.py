@@ -13,6 +13,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
+import anyio
 import dramatiq
 import pytest
 from dramatiq.middleware import Retries
@@ -121,6 +122,12 @@ class TestRetry:
         canvas = Chain(Group(fr.message("b1"), fr.message("b2"), t.message("c")), t.message("d"))
         handle = await Workflow(canvas).run()
         assert (await handle.wait(timeout=30)).state is State.FAILED
+        failures = 0
+        with anyio.fail_after(30):  # the workflow fails with b1 or b2: wait for both
+            async for event in handle.events():
+                failures += event.kind == "node_failed"
+                if failures == 2:
+                    break
         broken.clear()
         answers = await asyncio.gather(*(handle.retry() for _ in range(5)))
         assert sum(a.changed for a in answers) == 1
