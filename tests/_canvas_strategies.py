@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dramatiq
 from dramatiq.brokers.stub import StubBroker
@@ -31,12 +31,16 @@ from hypothesis import strategies as st
 
 from aioworkflow import Chain, Graph, Group, WithDelay
 
+if TYPE_CHECKING:
+    from aioworkflow._dag import ResultSpec
+
 __all__ = [
     "LeafFactory",
     "Shape",
     "assert_runs_respect",
     "build",
     "canvases",
+    "evaluate",
     "required_delays",
     "required_order",
     "shapes",
@@ -250,6 +254,15 @@ class _Reference:
         has_succ = {p for ps in preds for p in ps}
         exits = set().union(*(waits_for[i] for i in range(len(steps)) if i not in has_succ))
         return entries, exits
+
+
+def evaluate(spec: ResultSpec, labels: list[int]) -> Any:
+    """The value a compiled result spec stands for when every node returns its label."""
+    if isinstance(spec, int):
+        return labels[spec]
+    if isinstance(spec, list):
+        return [evaluate(s, labels) for s in spec]
+    return None
 
 
 def required_order(canvas: Any) -> tuple[list[int], set[tuple[int, int]]]:

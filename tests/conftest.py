@@ -8,6 +8,7 @@ broken install.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import socket
@@ -18,6 +19,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import anyio.to_thread
 import dramatiq
 import hypothesis  # noqa: F401 - imported up front: its pytest plugin would import it at exit
 import pytest
@@ -30,6 +32,8 @@ from aioworkflow import MemoryStore, RedisStore, WorkflowMiddleware
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Iterator
+
+    from dramatiq.brokers.rabbitmq import RabbitmqBroker
 
 
 def free_port() -> int:
@@ -82,6 +86,26 @@ def start_redis(*extra: str, port: int | None = None, workdir: str | None = None
             time.sleep(0.02)
     client.close()
     return RedisServer(port, proc, workdir)
+
+
+@pytest.fixture
+def servers() -> Iterator[list[RedisServer]]:
+    """Private redis-servers a test starts; each is killed at teardown, whatever happened."""
+    started: list[RedisServer] = []
+    yield started
+    for server in started:
+        if server.proc is not None and server.proc.poll() is None:
+            server.proc.kill()
+            server.proc.wait(10)
+
+
+async def poll_until(condition: Callable[[], bool], seconds: float, what: str) -> None:
+    """Poll ``condition`` (in a thread: it may block) until true; fail after ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while not await anyio.to_thread.run_sync(condition):
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)
 
 
 @pytest.fixture(scope="session")
@@ -167,6 +191,19 @@ class Env:
         self.broker.close()
 
 
+def rabbitmq_broker() -> RabbitmqBroker:
+    """A RabbitmqBroker on ``RABBITMQ_URL``, connected now: a missing server fails the test."""
+    from dramatiq.brokers.rabbitmq import RabbitmqBroker
+
+    try:
+        broker = RabbitmqBroker(url=RABBITMQ_URL)
+        broker.connection  # noqa: B018 - connects now, so a missing server fails here
+    except Exception as exc:  # noqa: BLE001 - any failure means "not reachable"
+        pytest.fail(f"RabbitMQ is not reachable at {RABBITMQ_URL} ({exc}); start it with "
+                    "'rabbitmq-server -detached'")  # fmt: skip
+    return broker
+
+
 def make_env(name: str, redis_url: str, **mw: Any) -> Env:
     """Build one of the environments: memory (StubBroker), redis (direct), rabbitmq (ready)."""
     if name == "memory":
@@ -176,14 +213,7 @@ def make_env(name: str, redis_url: str, **mw: Any) -> Env:
         broker = RedisBroker(url=redis_url)  # type: ignore[no-untyped-call]
         store = RedisStore(url=redis_url)
     elif name == "rabbitmq":
-        from dramatiq.brokers.rabbitmq import RabbitmqBroker
-
-        try:
-            broker = RabbitmqBroker(url=RABBITMQ_URL)
-            broker.connection  # noqa: B018 - connects now, so a missing server fails here
-        except Exception as exc:  # noqa: BLE001 - any failure means "not reachable"
-            pytest.fail(f"RabbitMQ is not reachable at {RABBITMQ_URL} ({exc}); start it with "
-                        "'rabbitmq-server -detached'")  # fmt: skip
+        broker = rabbitmq_broker()
         store = RedisStore(url=redis_url)
     else:  # pragma: no cover
         raise ValueError(name)

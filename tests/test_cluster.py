@@ -28,7 +28,6 @@ store runs in cluster mode (``RedisStore(url, cluster=True)``), the broker is Ra
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
 import itertools
@@ -50,7 +49,6 @@ import dramatiq
 import pytest
 import redis
 import redis.cluster
-from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.common import dq_name, xq_name
 from redis.crc import key_slot
@@ -73,10 +71,12 @@ from aioworkflow._store._scripts import SOURCES, ScriptName
 from aioworkflow.errors import ConfigurationError
 from tests._canvas_strategies import build
 from tests.chaos.test_kill import Planned, Recorder, audit, random_shape, settle
-from tests.conftest import RABBITMQ_URL, free_port, start_redis
+from tests.conftest import free_port, poll_until, rabbitmq_broker, start_redis
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Iterator
+
+    from dramatiq.brokers.rabbitmq import RabbitmqBroker
 
     from aioworkflow import WorkflowHandle
     from tests.conftest import RedisServer
@@ -547,28 +547,14 @@ class Rig:
         def empty() -> bool:
             return all(sum(self.broker.get_queue_message_counts(q)[:2]) == 0 for q in self.queues)
 
-        await wait_for(empty, 30, "the RabbitMQ queues to empty")
+        await poll_until(empty, 30, "the RabbitMQ queues to empty")
         await anyio.to_thread.run_sync(self.worker.join)
-
-
-async def wait_for(condition: Callable[[], bool], seconds: float, what: str) -> None:
-    """Poll ``condition`` (in a thread: it may block) until true; fail after ``seconds``."""
-    deadline = time.monotonic() + seconds
-    while not await anyio.to_thread.run_sync(condition):
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 @contextlib.asynccontextmanager
 async def cluster_rig(cluster: Cluster) -> AsyncIterator[Rig]:
     """RabbitMQ (queues unique to this test) + RedisStore in cluster mode + a worker."""
-    try:
-        broker = RabbitmqBroker(url=RABBITMQ_URL)
-        broker.connection  # noqa: B018 - connects now, so a missing server fails here
-    except Exception as exc:  # noqa: BLE001 - any failure means "not reachable"
-        pytest.fail(f"RabbitMQ is not reachable at {RABBITMQ_URL} ({exc}); start it with "
-                    "'rabbitmq-server -detached'")  # fmt: skip
+    broker = rabbitmq_broker()
     store = RedisStore(url=cluster.url, cluster=True)
     middleware = WorkflowMiddleware(store, reconcile_interval=0)
     broker.add_middleware(middleware)
@@ -767,7 +753,7 @@ async def test_cancel_failure_retry_pause_resume_in_cluster_mode(cluster: Cluste
                 assert (status.failed_node, status.exc_type) == (0, "RuntimeError")
                 with pytest.raises(WorkflowFailed):
                     await h.result(timeout=1)
-            await wait_for(lambda: len(r.noted) >= len(failing), 20, "on_failure callbacks")
+            await poll_until(lambda: len(r.noted) >= len(failing), 20, "on_failure callbacks")
             await r.drain()
             assert sorted(r.noted) == sorted(("failed", h.id) for h in failing)
             # When the cause is fixed and each is retried (twice: the second is a no-op)

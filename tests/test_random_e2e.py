@@ -20,11 +20,10 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, note, settings
 
 from aioworkflow import Chain, Group, State, Workflow, WorkflowTimeout, compile
-from tests._canvas_strategies import assert_runs_respect, build, sized_shapes
+from tests._canvas_strategies import assert_runs_respect, build, evaluate, sized_shapes
 from tests.conftest import Recorder
 
 if TYPE_CHECKING:
-    from aioworkflow._dag import ResultSpec
     from tests._canvas_strategies import Shape
     from tests.conftest import Env
 
@@ -63,15 +62,6 @@ def leaves(env: Env) -> _Leaves:
     declared = _Leaves(env)
     env.worker(threads=8)
     return declared
-
-
-def _evaluate(spec: ResultSpec, labels: list[int]) -> Any:
-    """The value a result spec stands for when every node's result is its label."""
-    if isinstance(spec, int):
-        return labels[spec]
-    if isinstance(spec, list):
-        return [_evaluate(s, labels) for s in spec]
-    return None
 
 
 @pytest.mark.timeout(120)  # a stalled example waits 20 s, and hypothesis replays a failure
@@ -117,9 +107,9 @@ async def test_random_canvases_run_each_node_once_in_order(
     labels = [node.args[0] for node in dag.nodes]
     for i, node in enumerate(dag.nodes):
         # a node in dag.pipes gets one more argument, even when the spec is None (an empty step)
-        expected = (_evaluate(node.pipe, labels),) if i in dag.pipes else ()
+        expected = (evaluate(node.pipe, labels),) if i in dag.pipes else ()
         assert leaves.piped[labels[i]] == expected, f"node {labels[i]} got a wrong piped input"
-    assert result == _evaluate(dag.result, labels)
+    assert result == evaluate(dag.result, labels)
 
 
 class TestTheRunChecker:

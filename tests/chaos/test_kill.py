@@ -56,10 +56,10 @@ from dramatiq.brokers.redis import RedisBroker
 from aioworkflow import Chain, Group, RedisStore, State, Workflow, WorkflowMiddleware, compile
 from aioworkflow._plan import OPTION
 from aioworkflow.errors import WorkflowTimeout
-from tests._canvas_strategies import build
+from tests._canvas_strategies import build, evaluate
 from tests.chaos import kill_app
 from tests.chaos._report import report, scaled
-from tests.conftest import start_redis
+from tests.conftest import poll_until, start_redis
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Iterator
@@ -67,7 +67,7 @@ if TYPE_CHECKING:
     from dramatiq.broker import MessageProxy
 
     from aioworkflow import WorkflowHandle, WorkflowStatus
-    from aioworkflow._dag import Dag, ResultSpec
+    from aioworkflow._dag import Dag
     from tests._canvas_strategies import Shape
     from tests.conftest import RedisServer
 
@@ -110,15 +110,6 @@ def random_shape(
     order = list(range(len(nodes)))
     rng.shuffle(order)
     return ("graph", nodes, order)
-
-
-def evaluate(spec: ResultSpec, labels: list[int]) -> Any:
-    """The value a result spec stands for when every node returns its label."""
-    if isinstance(spec, int):
-        return labels[spec]
-    if isinstance(spec, list):
-        return [evaluate(s, labels) for s in spec]
-    return None
 
 
 def task_predecessors(dag: Dag) -> list[set[int]]:
@@ -307,15 +298,6 @@ async def settle(planned: list[Planned], seconds: float) -> list[WorkflowStatus]
     return out
 
 
-async def wait_for(condition: Callable[[], bool], seconds: float, what: str) -> None:
-    """Poll ``condition`` (in a thread: it may block) until true; fail after ``seconds``."""
-    deadline = time.monotonic() + seconds
-    while not await anyio.to_thread.run_sync(condition):
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
-
-
 def undelivered(admin: redis.Redis) -> dict[str, int]:
     """Messages the broker still holds (stored payloads and ack-set entries), by key."""
     out = {}
@@ -326,17 +308,6 @@ def undelivered(admin: redis.Redis) -> dict[str, int]:
         elif ":__acks__." in name:
             out[name] = int(admin.scard(key))
     return {k: v for k, v in out.items() if v}
-
-
-@pytest.fixture
-def servers() -> Iterator[list[RedisServer]]:
-    """Private redis-servers a test starts; each is killed at teardown, whatever happened."""
-    started: list[RedisServer] = []
-    yield started
-    for server in started:
-        if server.proc is not None and server.proc.poll() is None:
-            server.proc.kill()
-            server.proc.wait(10)
 
 
 # -- 1. SIGKILLed CLI workers -----------------------------------------------------------------
@@ -438,7 +409,7 @@ async def test_sigkilled_workers_lose_nothing_and_release_nothing_twice(fleet: F
     admin = redis.Redis.from_url(fleet.url)
     for _ in range(3):
         fleet.spawn()
-    await wait_for(lambda: admin.zcard(f"{NS}:__heartbeats__") >= 3, 60, "three live workers")
+    await poll_until(lambda: admin.zcard(f"{NS}:__heartbeats__") >= 3, 60, "three live workers")
     labels = itertools.count()
     planned: list[Planned] = []
     submitting = True
@@ -485,7 +456,7 @@ async def test_sigkilled_workers_lose_nothing_and_release_nothing_twice(fleet: F
         # Then every workflow succeeds
         statuses = await settle(planned, scaled(90, 600))
         # and once dramatiq has handed out every redelivery, none is left unacked
-        await wait_for(lambda: not undelivered(admin), 60, "every message acked")
+        await poll_until(lambda: not undelivered(admin), 60, "every message acked")
         starts, runs = await anyio.to_thread.run_sync(read_records, admin)
         books = await audit(planned, statuses, starts, runs)
         recover = recovery_times(fleet, starts, runs)
@@ -653,9 +624,9 @@ async def duplicating_rig(
 async def finish_storm(r: Rig, planned: list[Planned], seconds: float) -> Books:
     """Settle every workflow, drain the broker, check that every delivery was acked, audit."""
     statuses = await settle(planned, seconds)
-    await wait_for(lambda: not r.dup.later, 30, "every copy sent after completion")
+    await poll_until(lambda: not r.dup.later, 30, "every copy sent after completion")
     await anyio.to_thread.run_sync(r.drain)
-    await wait_for(lambda: not undelivered(r.admin), 30, "every message acked")
+    await poll_until(lambda: not undelivered(r.admin), 30, "every message acked")
     return await audit(planned, statuses, r.rec.starts, r.rec.runs)
 
 

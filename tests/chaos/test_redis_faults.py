@@ -64,7 +64,7 @@ from aioworkflow import (
 from aioworkflow._plan import OPTION
 from aioworkflow.errors import StoreConnectionError, StoreError, WorkflowTimeout
 from tests.chaos._report import report, scaled
-from tests.conftest import Env, make_env, start_redis
+from tests.conftest import Env, make_env, poll_until, start_redis
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Iterator
@@ -274,17 +274,6 @@ async def rig(kind: str, url: str, work_s: float = 0.0, **mw: Any) -> AsyncItera
         env.store.close()
 
 
-@pytest.fixture
-def servers() -> Iterator[list[RedisServer]]:
-    """Private redis-servers a test starts; each is killed at teardown, whatever happened."""
-    started: list[RedisServer] = []
-    yield started
-    for server in started:
-        if server.proc is not None and server.proc.poll() is None:
-            server.proc.kill()
-            server.proc.wait(10)
-
-
 async def settle_all(r: Rig, handles: list[WorkflowHandle], seconds: float) -> list[WorkflowStatus]:
     """Each workflow's final status; fails naming the stalled ones after ``seconds``."""
     deadline = time.monotonic() + seconds
@@ -311,15 +300,6 @@ async def all_done(handles: list[WorkflowHandle], until: float) -> bool:
             pending = [h for h in pending if not (await h.status()).done]
         await asyncio.sleep(0.1)
     return not pending
-
-
-async def wait_for(condition: Callable[[], bool], seconds: float, what: str) -> None:
-    """Poll ``condition`` (in a thread: it may block) until true; fail after ``seconds``."""
-    deadline = time.monotonic() + seconds
-    while not await anyio.to_thread.run_sync(condition):
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 @dataclass
@@ -373,8 +353,8 @@ async def audit(r: Rig, handles: list[WorkflowHandle], statuses: list[WorkflowSt
         s for s in statuses if s.state is not State.SUCCEEDED
     ]
     ids = [h.id for h in handles]
-    await wait_for(lambda: all(r.tally.callbacks[i] for i in ids), 30, "every on_success")
-    await wait_for(lambda: r.ready_entries(ids) == 0, 30, "empty ready sets")
+    await poll_until(lambda: all(r.tally.callbacks[i] for i in ids), 30, "every on_success")
+    await poll_until(lambda: r.ready_entries(ids) == 0, 30, "empty ready sets")
     await anyio.to_thread.run_sync(r.drain)
     released: Counter[tuple[str, int]] = Counter()
     succeeded: Counter[tuple[str, int]] = Counter()
@@ -704,7 +684,7 @@ async def test_completions_survive_redis_restarts(servers: list[RedisServer]) ->
             down.append(time.monotonic() - killed)
             # (completions acknowledged before the kill survive it: fsync always)
             assert await anyio.to_thread.run_sync(count_done) >= before, "completions lost"
-            await wait_for(lambda: count_done() > before, 60, "a completion after a restart")
+            await poll_until(lambda: count_done() > before, 60, "a completion after a restart")
             recover.append(time.monotonic() - spawned)
 
         feeding = asyncio.create_task(submitter())
