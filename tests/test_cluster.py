@@ -66,7 +66,7 @@ from aioworkflow import (
     _keys,
     compile,
 )
-from aioworkflow._dramatiq import direct_mode
+from aioworkflow._dramatiq import direct_mode, shares_store_redis
 from aioworkflow._store._scripts import SOURCES, ScriptName
 from aioworkflow.errors import ConfigurationError
 from tests._canvas_strategies import build
@@ -676,7 +676,7 @@ async def test_random_workflows_on_every_shard_keep_the_books(cluster: Cluster) 
             assert not direct_mode(r.store, r.broker)
             # a RedisBroker on a cluster node would not make it direct either
             node_broker = RedisBroker(url=cluster.url)  # type: ignore[no-untyped-call]
-            assert not r.store.direct_enqueue_possible(node_broker)
+            assert not shares_store_redis(r.store, node_broker)
             node_broker.close()
             # When 60 workflows (random ids: they land on every shard) run
             labels = itertools.count()

@@ -10,7 +10,8 @@ import pytest
 from dramatiq.brokers.stub import StubBroker
 
 from aioworkflow import Chain, Group, MemoryStore, RedisStore, State, WithDelay, compile
-from aioworkflow._keys import PARTS, queue_keys, workflow_keys
+from aioworkflow._dramatiq import queue_keys
+from aioworkflow._keys import PARTS, workflow_keys
 from aioworkflow._plan import Callback, ClaimCode, build_upload
 from aioworkflow._store._scripts import SOURCES, ScriptName
 

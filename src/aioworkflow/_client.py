@@ -23,11 +23,17 @@ import orjson
 from . import _codec
 from ._compiler import compile as compile_canvas
 from ._dag import Dag, ResultSpec, spec_nodes
-from ._dramatiq import as_callback, direct_mode, enqueue_released, find_store, queue_keys_for
+from ._dramatiq import (
+    as_callback,
+    direct_mode,
+    enqueue_released,
+    find_store,
+    queue_keys,
+    queue_keys_for,
+)
 from ._graph import Step, _check_step
-from ._keys import queue_keys
 from ._plan import build_upload
-from ._status import Event, State, Transition, WorkflowStatus
+from ._status import Event, State, Transition, WorkflowStatus, status_from_meta
 from ._store._base import Loaded
 from .errors import (
     ConfigurationError,
@@ -47,30 +53,6 @@ if TYPE_CHECKING:
 __all__ = ["SyncWorkflowHandle", "Workflow", "WorkflowHandle"]
 
 T = TypeVar("T")
-
-
-def _int(meta: dict[str, str], key: str) -> int | None:
-    value = meta.get(key)
-    return int(value) if value not in (None, "") else None
-
-
-def status_from_meta(workflow_id: str, meta: dict[str, str], running: int) -> WorkflowStatus:
-    """Build a WorkflowStatus from a stored meta hash."""
-    return WorkflowStatus(
-        id=workflow_id,
-        state=State(meta["state"]),
-        total=int(meta.get("total", 0)),
-        succeeded=int(meta.get("ok", 0)),
-        failed=int(meta.get("nf", 0)),
-        running=running,
-        created_at=_int(meta, "created"),
-        started_at=_int(meta, "started"),
-        finished_at=_int(meta, "finished"),
-        failed_node=_int(meta, "fnode"),
-        failed_actor=meta.get("factor"),
-        exc_type=meta.get("fexc"),
-        exc_message=meta.get("fmsg"),
-    )
 
 
 #: Default cap on one node's encoded arguments (``Workflow(max_message_bytes=...)``).

@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING, Any
 import dramatiq
 from dramatiq.encoder import JSONEncoder
 
-from ._keys import queue_keys
 from ._plan import OPTION, Callback
 
 if TYPE_CHECKING:
@@ -43,9 +42,25 @@ def json_encoder_in_use() -> bool:
     return type(dramatiq.get_encoder()) in (JSONEncoder, LZ4JSONEncoder)
 
 
+def queue_keys(namespace: str, slots: list[str]) -> list[str]:
+    """dramatiq RedisBroker keys for each queue slot: the id list, then the message hash."""
+    out: list[str] = []
+    for queue in slots:
+        out += [f"{namespace}:{queue}", f"{namespace}:{queue}.msgs"]
+    return out
+
+
+def shares_store_redis(store: StoreBackend, broker: dramatiq.Broker) -> bool:
+    """Whether ``broker`` is a RedisBroker on the store's very Redis."""
+    client = getattr(broker, "client", None)
+    if not hasattr(broker, "namespace") or client is None:
+        return False
+    return store.shares_server(client)
+
+
 def direct_mode(store: StoreBackend, broker: dramatiq.Broker) -> bool:
     """Whether new workflows on this broker and store use direct (atomic) enqueue."""
-    return json_encoder_in_use() and store.direct_enqueue_possible(broker)
+    return json_encoder_in_use() and shares_store_redis(store, broker)
 
 
 def queue_keys_for(broker: dramatiq.Broker, loaded: Loaded) -> list[str]:

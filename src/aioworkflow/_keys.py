@@ -7,7 +7,7 @@ single Redis Cluster slot. The order of ``PARTS`` is the KEYS order every Lua sc
 
 from __future__ import annotations
 
-__all__ = ["ACTIVE", "PARTS", "PREFIX", "queue_keys", "workflow_keys"]
+__all__ = ["ACTIVE", "PARTS", "PREFIX", "workflow_keys"]
 
 #: Prefix of every key aioworkflow writes.
 PREFIX = "aiowf"
@@ -23,11 +23,3 @@ ACTIVE = f"{PREFIX}:active"
 def workflow_keys(workflow_id: str) -> list[str]:
     """The 14 keys of a workflow, in script KEYS order."""
     return [f"{PREFIX}:{{{workflow_id}}}:{part}" for part in PARTS]
-
-
-def queue_keys(namespace: str, slots: list[str]) -> list[str]:
-    """dramatiq RedisBroker keys for each queue slot: the id list, then the message hash."""
-    out: list[str] = []
-    for queue in slots:
-        out += [f"{namespace}:{queue}", f"{namespace}:{queue}.msgs"]
-    return out

@@ -40,7 +40,12 @@ from dramatiq.middleware import MiddlewareError, SkipMessage
 
 from . import _codec
 from ._dag import ResultSpec, spec_nodes
-from ._dramatiq import enqueue_after_barrier, enqueue_released, queue_keys_for
+from ._dramatiq import (
+    enqueue_after_barrier,
+    enqueue_released,
+    queue_keys_for,
+    shares_store_redis,
+)
 from ._plan import OPTION, ClaimCode
 from .errors import DecodeError, ResultTooLarge, StoreConnectionError, StoreError
 
@@ -386,7 +391,7 @@ class WorkflowMiddleware(dramatiq.Middleware):
 
     def before_worker_boot(self, broker: dramatiq.Broker, worker: Worker) -> None:
         """On a RedisBroker of the store's Redis, let ``complete.lua`` ack successes."""
-        if self._acking is None and self.store.direct_enqueue_possible(broker):
+        if self._acking is None and shares_store_redis(self.store, broker):
             _skip_acked_acks(broker)
             self._acking = broker
 

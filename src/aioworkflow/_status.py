@@ -26,7 +26,7 @@ import enum
 from dataclasses import dataclass
 from typing import Literal, final
 
-__all__ = ["Event", "State", "Transition", "WorkflowStatus"]
+__all__ = ["Event", "State", "Transition", "WorkflowStatus", "status_from_meta"]
 
 
 class State(enum.StrEnum):
@@ -106,3 +106,27 @@ class Transition:
     state: State
     #: Nodes released by this call (``resume``, ``retry``).
     released: int = 0
+
+
+def _int(meta: dict[str, str], key: str) -> int | None:
+    value = meta.get(key)
+    return int(value) if value not in (None, "") else None
+
+
+def status_from_meta(workflow_id: str, meta: dict[str, str], running: int) -> WorkflowStatus:
+    """Build a WorkflowStatus from a stored meta hash."""
+    return WorkflowStatus(
+        id=workflow_id,
+        state=State(meta["state"]),
+        total=int(meta.get("total", 0)),
+        succeeded=int(meta.get("ok", 0)),
+        failed=int(meta.get("nf", 0)),
+        running=running,
+        created_at=_int(meta, "created"),
+        started_at=_int(meta, "started"),
+        finished_at=_int(meta, "finished"),
+        failed_node=_int(meta, "fnode"),
+        failed_actor=meta.get("factor"),
+        exc_type=meta.get("fexc"),
+        exc_message=meta.get("fmsg"),
+    )

@@ -167,6 +167,7 @@ class StoreBackend(Protocol):
         """Close the sync driver."""
         ...
 
-    def direct_enqueue_possible(self, broker: Any) -> bool:
-        """Whether scripts can push into this dramatiq broker's queues atomically."""
+    def shares_server(self, client: Any) -> bool:
+        """Whether a sync redis-py ``client`` reaches this store's Redis (so scripts can write
+        into the keys it reads: direct enqueue)."""
         ...

@@ -84,8 +84,8 @@ class MemoryStore:
     def close(self) -> None:
         """Nothing to close (present for symmetry with RedisStore)."""
 
-    def direct_enqueue_possible(self, broker: Any) -> bool:
-        """Never: there is no Redis queue to write into."""
+    def shares_server(self, client: Any) -> bool:
+        """Never: there is no Redis for a broker to share."""
         return False
 
     # -- helpers (caller holds the lock) ----------------------------------------------------

@@ -430,19 +430,21 @@ class RedisStore:
                 with contextlib.suppress(Exception):
                     future.result(timeout=5)
 
-    def direct_enqueue_possible(self, broker: Any) -> bool:
-        """Whether ``broker`` is a RedisBroker on this very Redis (probed once with a nonce)."""
-        if self.cluster or not hasattr(broker, "namespace") or not hasattr(broker, "client"):
+    def shares_server(self, client: Any) -> bool:
+        """Whether ``client`` (a sync redis-py client) talks to this store's very Redis, so
+        that scripts can write into keys it reads. Probed once per client with a nonce key;
+        always False on Redis Cluster (a script cannot reach another slot's queue keys)."""
+        if self.cluster:
             return False
-        known = self._direct.get(id(broker))
+        known = self._direct.get(id(client))
         if known is None:
             key = f"{_keys.PREFIX}:probe:{secrets.token_hex(8)}"
             try:
                 with map_exceptions():
                     self._client.set(key, b"1", px=60_000)
-                    known = broker.client.get(key) == b"1"
+                    known = client.get(key) == b"1"
                     self._client.delete(key)
             except StoreError:
                 known = False
-            self._direct[id(broker)] = known
+            self._direct[id(client)] = known
         return known
