@@ -12,8 +12,9 @@ from dramatiq.brokers.stub import StubBroker
 from aioworkflow import Chain, Group, MemoryStore, RedisStore, State, WithDelay, compile
 from aioworkflow._dramatiq import queue_keys
 from aioworkflow._keys import PARTS, workflow_keys
-from aioworkflow._plan import Callback, ClaimCode, build_upload
-from aioworkflow._store._scripts import SOURCES, ScriptName
+from aioworkflow._machine import CallbackKind, ClaimCode, MetaField
+from aioworkflow._store._scripts import PRELUDE, SOURCES, ScriptName
+from aioworkflow._upload import Callback, build_upload
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -67,7 +68,7 @@ class TestLoading:
             for p in files("aioworkflow").joinpath("lua").iterdir()
             if p.name.endswith(".lua")
         }
-        assert listing - {"_lib"} == {n.value for n in ScriptName}
+        assert listing - set(PRELUDE) == {n.value for n in ScriptName}
         for name, src in SOURCES.items():
             assert redis_client.script_load(src), name
 
@@ -115,7 +116,7 @@ class TestComplete:
         assert done.state is State.SUCCEEDED
         assert done.released == ("s",)
         meta, _ = await store.aio().meta(WF) or ({}, 0)
-        assert meta["ok"] == "1"
+        assert meta[MetaField.SUCCEEDED] == "1"
         assert await store.aio().results(WF, [0]) == [b"r"]
 
     async def test_keys_have_no_ttl_while_running_and_expire_after_the_end(
@@ -193,7 +194,12 @@ class TestFailAndControl:
         assert (f0.state, f0.released) == (State.FAILED, ("f",))
         assert f1.released == ()
         meta, _ = await store.aio().meta(WF) or ({}, 0)
-        assert (meta["fnode"], meta["fexc"], meta["fmsg"], meta["nf"]) == (
+        assert (
+            meta[MetaField.FAILED_NODE],
+            meta[MetaField.EXC_TYPE],
+            meta[MetaField.EXC_MESSAGE],
+            meta[MetaField.FAILED_COUNT],
+        ) == (
             "0",
             "ValueError",
             "boom",

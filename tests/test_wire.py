@@ -10,10 +10,12 @@ import pytest
 import redis
 from dramatiq.brokers.stub import StubBroker
 
-from aioworkflow import Chain, RedisStore, compile
-from aioworkflow._plan import ClaimCode, build_upload
+from aioworkflow import Chain, RedisStore, _protocol as p, compile
+from aioworkflow._machine import ClaimCode
+from aioworkflow._protocol import ScriptCall
 from aioworkflow._store._scripts import SOURCES, ScriptName
 from aioworkflow._store._wire import WireScripts
+from aioworkflow._upload import build_upload
 from aioworkflow.errors import ScriptError, StoreConnectionError
 from tests.conftest import start_redis
 
@@ -104,7 +106,7 @@ class TestWirePath:
         wire = WireScripts.for_client(client, {ScriptName.CLAIM: "return redis.error_reply('x')"})
         assert wire is not None
         with pytest.raises(ScriptError, match="x"):
-            wire.run(ScriptName.CLAIM, ["k"], [])
+            wire.run(ScriptCall(ScriptName.CLAIM, ("k",), ()))
         wire.close()
         client.close()
 
@@ -113,7 +115,7 @@ class TestWirePath:
         wire = WireScripts.for_client(client, SOURCES)
         assert wire is not None
         with pytest.raises(StoreConnectionError):
-            wire.run(ScriptName.CLAIM, ["k"], ["wf", 0, "m"])
+            wire.run(p.claim_call("wf", 0, "m", []))
 
     def test_each_thread_has_its_own_socket_and_close_closes_them(
         self, server: RedisServer
@@ -125,7 +127,7 @@ class TestWirePath:
         called, checked = threading.Barrier(5), threading.Barrier(5)
 
         def call() -> None:
-            replies.append(wire.run(ScriptName.CLAIM, ["k"], []))
+            replies.append(wire.run(ScriptCall(ScriptName.CLAIM, ("k",), ())))
             called.wait(10)
             checked.wait(10)
 
@@ -139,7 +141,7 @@ class TestWirePath:
         for th in threads:
             th.join()
         # a new thread's first call closes the sockets of threads that have ended
-        wire.run(ScriptName.CLAIM, ["k"], [])
+        wire.run(ScriptCall(ScriptName.CLAIM, ("k",), ()))
         assert len(wire._open) == 1
         wire.close()
         assert wire._open == []

@@ -1,45 +1,27 @@
-"""What the stores write and what their scripts answer, as plain data. Pure.
+"""Old home of the upload format and the reply parsers; kept so existing imports work. Pure.
 
-Theory of operation
--------------------
-A workflow is stored once, at submit, as an :class:`Upload`: the encoded DAG (for workers), the
-topology in a form Lua can read without decoding anything (three big-endian u32 arrays:
-remaining-predecessor counters, CSR offsets, CSR targets), and in *direct mode* one message
-template per task node. Everything after submit is one script call per event:
-
-* ``claim``    before a worker runs a node's message   -> :class:`Claim`
-* ``complete`` after it succeeded                      -> :class:`Completion`
-* ``fail``     after dramatiq gave up on it             -> :class:`Completion`
-* ``cancel`` / ``pause`` / ``resume`` / ``retry``       -> :class:`Transition` data
-* ``reconcile`` on a timer                              -> :class:`Completion`
-
-Direct mode (a RedisBroker on the same Redis as the store, JSON encoding): scripts append
-released messages to dramatiq's queues themselves, so release and enqueue are one atomic step.
-A template is the JSON a RedisBroker would store, with three holes that Lua fills per push:
-``\\0I`` (a fresh message id, also the ``redis_message_id``), ``\\0T`` (the enqueue time) and
-``\\0E`` (the eta of a delayed node). orjson escapes control characters, so a raw NUL byte never
-occurs in its output and the holes cannot collide with user data.
-
-Ready mode (any other broker, or Redis Cluster): scripts put released nodes in a ready set and
-reply with them; the worker enqueues them through the broker and the node's claim removes them.
+The stored format lives in ``_upload``, the script protocol (calls, replies, parsers) in
+``_protocol`` and the codes in ``_machine``. Import from there in new code.
 """
 
 from __future__ import annotations
 
-from array import array
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, final
-
-from ._codec import dumps_json
-from ._status import State
-
-if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
-
-    from ._dag import Dag
+from ._machine import CallbackKind, ClaimCode
+from ._protocol import Claim, Completion, parse_claim
+from ._upload import (
+    OPTION,
+    Callback,
+    Upload,
+    build_upload,
+    message_fields,
+    queue_slots,
+    template,
+)
 
 __all__ = [
+    "OPTION",
     "Callback",
+    "CallbackKind",
     "Claim",
     "ClaimCode",
     "Completion",
@@ -47,245 +29,6 @@ __all__ = [
     "build_upload",
     "message_fields",
     "parse_claim",
-    "parse_completion",
     "queue_slots",
     "template",
 ]
-
-#: Option under which a workflow message carries ``[workflow id, node]`` (node "s"/"f" for
-#: the callbacks), and nothing else about the workflow.
-OPTION = "aiowf"
-
-
-@final
-@dataclass(frozen=True, slots=True)
-class Callback:
-    """A success or failure callback message (the workflow id is appended to its args)."""
-
-    actor_name: str
-    queue_name: str
-    args: tuple[Any, ...]
-    kwargs: dict[str, Any]
-    options: dict[str, Any]
-
-
-def message_fields(
-    workflow_id: str, node: int | str, actor: str, queue: str,
-    args: Sequence[Any], kwargs: Mapping[str, Any], options: Mapping[str, Any],
-) -> dict[str, Any]:  # fmt: skip
-    """The dramatiq message fields (less ids and times) of a node or callback delivery."""
-    return {
-        "queue_name": queue,
-        "actor_name": actor,
-        "args": list(args),
-        "kwargs": dict(kwargs),
-        "options": {**options, OPTION: [workflow_id, node]},
-    }
-
-
-def template(fields: Mapping[str, Any], *, delayed: bool) -> bytes:
-    """Render message fields as a RedisBroker payload with the ``\\0I``/``\\0T``/``\\0E`` holes."""
-    options = dict(fields["options"])
-    head = dumps_json({k: fields[k] for k in ("queue_name", "actor_name", "args", "kwargs")})
-    opts = dumps_json(options)[:-1]
-    sep = b"," if options else b""
-    eta = b',"eta":\x00E' if delayed else b""
-    return (
-        head[:-1]
-        + b',"options":'
-        + opts
-        + sep
-        + b'"redis_message_id":"\x00I"'
-        + eta
-        + b'},"message_id":"\x00I","message_timestamp":\x00T}'
-    )
-
-
-def queue_slots(dag: Dag, callbacks: Sequence[Callback]) -> list[str]:
-    """Distinct dramatiq queues a workflow pushes to: ``q`` or ``q.DQ`` for delayed nodes."""
-    slots: dict[str, None] = {}
-    for i in range(len(dag)):
-        queue = dag.shapes[dag.shape_of[i]][1]
-        slots[f"{queue}.DQ" if dag.delays.get(i) else queue] = None
-    for cb in callbacks:
-        slots[cb.queue_name] = None
-    return list(slots)
-
-
-_LITTLE = array("I", [1]).tobytes()[0] == 1
-
-
-def _u32(values: Sequence[int]) -> bytes:
-    """Big-endian u32 array, the layout BITFIELD and Lua's struct.unpack('>I4') read."""
-    arr = array("I", values)
-    if _LITTLE:
-        arr.byteswap()
-    return arr.tobytes()
-
-
-@final
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Upload:
-    """Everything stored at submit, before the start script runs."""
-
-    meta: dict[str, str | int]
-    dag: bytes
-    cnt: bytes
-    off: bytes
-    succ: bytes
-    templates: dict[str, bytes] = field(default_factory=dict)
-    roots: tuple[int, ...] = ()
-    slots: list[str] = field(default_factory=list)
-
-
-def build_upload(
-    workflow_id: str,
-    dag: Dag,
-    *,
-    direct: bool,
-    on_success: Callback | None = None,
-    on_failure: Callback | None = None,
-    retention_ms: int,
-    now_ms: int,
-    audit: bool = False,
-) -> Upload:
-    """Build what a store writes for a new workflow.
-
-    Args:
-        workflow_id: the new workflow's id.
-        dag: the compiled workflow.
-        direct: render message templates for direct enqueue by the scripts.
-        on_success: callback dispatched once when the last node succeeds.
-        on_failure: callback dispatched once when a node fails for good.
-        retention_ms: how long keys live after the workflow ends.
-        now_ms: submit time (milliseconds since the epoch).
-        audit: log every release as an event (for tests and debugging).
-    """
-    callbacks = {"s": on_success, "f": on_failure}
-    present = [cb for cb in callbacks.values() if cb is not None]
-    slots = queue_slots(dag, present) if direct else []
-    meta: dict[str, str | int] = {
-        "total": len(dag),
-        "nv": dag.size,
-        "ok": 0,
-        "nf": 0,
-        "seq": 0,
-        "mode": "d" if direct else "r",
-        "ret": retention_ms,
-        "created": now_ms,
-        "slots": dumps_json(slots).decode(),
-    }
-    if audit:
-        meta["audit"] = 1
-    templates: dict[str, bytes] = {}
-    slot_of = {q: i for i, q in enumerate(slots)}
-    for key, cb in callbacks.items():
-        if cb is None:
-            continue
-        fields = message_fields(
-            workflow_id, key, cb.actor_name, cb.queue_name, (*cb.args, workflow_id),
-            cb.kwargs, cb.options,
-        )  # fmt: skip
-        meta[f"cb_{key}"] = dumps_json(fields).decode()
-        if direct:
-            templates[key] = b"%d:0:" % slot_of[cb.queue_name] + template(fields, delayed=False)
-    if direct:
-        for i in range(len(dag)):
-            actor, queue, options = dag.shapes[dag.shape_of[i]]
-            delay = dag.delays.get(i, 0)
-            eff = f"{queue}.DQ" if delay else queue
-            fields = message_fields(
-                workflow_id, i, actor, eff, dag.args[i], dag.kwargs.get(i, {}), options
-            )
-            templates[str(i)] = b"%d:%d:" % (slot_of[eff], delay) + template(
-                fields, delayed=bool(delay)
-            )
-    return Upload(
-        meta=meta,
-        dag=dag.encode(),
-        cnt=_u32(dag.pred_counts),
-        off=_u32(dag.offsets),
-        succ=_u32(dag.targets),
-        templates=templates,
-        roots=dag.roots,
-        slots=slots,
-    )
-
-
-# -- replies ---------------------------------------------------------------------------------
-
-
-class ClaimCode:
-    """Codes of ``claim.lua`` (see its header)."""
-
-    RUN = 0
-    DONE = 1
-    ENDED = 2
-    HELD = 3
-    DUPLICATE = 4
-    UNRELEASED = 5
-    MISSING = -1
-
-
-@final
-@dataclass(frozen=True, slots=True)
-class Claim:
-    """Answer of a claim: whether to run, and the stored results the piped input needs."""
-
-    code: int
-    results: tuple[bytes | None, ...] = ()
-
-    @property
-    def run(self) -> bool:
-        """Whether the worker should run this delivery."""
-        return self.code == ClaimCode.RUN
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def parse_claim(reply: Sequence[Any]) -> Claim:
-    """Narrow a ``claim.lua`` reply."""
-    return Claim(int(reply[0]), tuple(reply[1:]))
-
-
-@final
-@dataclass(frozen=True, slots=True)
-class Completion:
-    """Answer of start/complete/fail/resume/retry/reconcile scripts.
-
-    ``status`` 1 means the call changed something, 0 that it did not apply (duplicate, wrong
-    state), -1 that the workflow does not exist. ``released`` lists what the call released
-    (task nodes as ints, callbacks as "s"/"f"); in ready mode the caller enqueues them.
-    """
-
-    status: int
-    state: State | None
-    released: tuple[int | str, ...] = ()
-    extra: int = 0
-
-
-def _field(value: Any) -> int | str:
-    text = _text(value)
-    return int(text) if text.lstrip("-").isdigit() else text
-
-
-def parse_completion(
-    reply: Sequence[Any], *, callback: bool = False, extra: bool = False
-) -> Completion:
-    """Narrow a reply of shape ``{status, state, [callback], [extra], released...}``."""
-    status = int(reply[0])
-    state_text = _text(reply[1])
-    state = State(state_text) if state_text else None
-    rest = list(reply[2:])
-    count = 0
-    released: list[int | str] = []
-    if callback:
-        cb = _text(rest.pop(0)) if rest else ""
-        if cb:
-            released.append(cb)
-    if extra:
-        count = int(rest.pop(0)) if rest else 0
-    released[:0] = [_field(x) for x in rest]
-    return Completion(status, state, tuple(released), count)

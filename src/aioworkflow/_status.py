@@ -1,48 +1,44 @@
 """Workflow states, status snapshots and events: plain values. Pure.
 
-State machine (every transition is one compare-and-set inside a Lua script, or under the
-MemoryStore lock; a call that does not apply changes nothing and says so):
+State machine: the rules are data in ``_machine`` (``TRANSITIONS``), which the Lua scripts and
+the MemoryStore follow. Every transition is one compare-and-set inside a Lua script, or under the
+MemoryStore lock; an operation that does not apply changes nothing and says so. The table below is
+rendered from that data by ``python -m aioworkflow._machine_render``:
 
-=========== ========================= ==========================================
-from        operation                 to
-=========== ========================= ==========================================
-PENDING     start (inside ``run()``)  RUNNING (SUCCEEDED at once if no tasks)
-RUNNING     last node succeeds        SUCCEEDED, ``on_success`` dispatched once
-RUNNING     a node fails for good     FAILED, ``on_failure`` dispatched once
-RUNNING     ``pause()``               PAUSED
-PAUSED      ``resume()``              RUNNING, held nodes released once
-PAUSED      last node succeeds        SUCCEEDED
-PAUSED      a node fails for good     FAILED
-FAILED      ``retry()``               RUNNING, failed and held nodes released once
-any live    ``cancel()``              CANCELLED (PENDING, RUNNING, PAUSED, FAILED)
-=========== ========================= ==========================================
+.. transitions: begin (rendered from _machine.TRANSITIONS; do not edit)
+
+======= ========= ========= ============================================================
+from    operation to        also
+======= ========= ========= ============================================================
+PENDING start     RUNNING   roots released (SUCCEEDED at once if there are no tasks)
+PENDING finish    SUCCEEDED ``on_success`` dispatched once
+RUNNING finish    SUCCEEDED ``on_success`` dispatched once
+PAUSED  finish    SUCCEEDED ``on_success`` dispatched once
+FAILED  finish    SUCCEEDED ``on_success`` dispatched once
+RUNNING fail      FAILED    nothing new released, ``on_failure`` dispatched once
+PAUSED  fail      FAILED    nothing new released, ``on_failure`` dispatched once
+RUNNING pause     PAUSED    released nodes are held
+PAUSED  resume    RUNNING   held nodes released once
+FAILED  retry     RUNNING   failed and held nodes released once, failure details cleared
+PENDING cancel    CANCELLED nothing released any more, queued deliveries skipped
+RUNNING cancel    CANCELLED nothing released any more, queued deliveries skipped
+PAUSED  cancel    CANCELLED nothing released any more, queued deliveries skipped
+FAILED  cancel    CANCELLED nothing released any more, queued deliveries skipped
+======= ========= ========= ============================================================
+
+.. transitions: end
 
 SUCCEEDED and CANCELLED are final; FAILED is final unless retried.
 """
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass
 from typing import Literal, final
 
+from ._machine import LEGACY_FIELDS, MetaField, State
+
 __all__ = ["Event", "State", "Transition", "WorkflowStatus", "status_from_meta"]
-
-
-class State(enum.StrEnum):
-    """The state of a workflow."""
-
-    PENDING = "PENDING"
-    RUNNING = "RUNNING"
-    PAUSED = "PAUSED"
-    SUCCEEDED = "SUCCEEDED"
-    FAILED = "FAILED"
-    CANCELLED = "CANCELLED"
-
-    @property
-    def is_final(self) -> bool:
-        """SUCCEEDED, FAILED or CANCELLED: nothing runs until a ``retry()`` (FAILED only)."""
-        return self in (State.SUCCEEDED, State.FAILED, State.CANCELLED)
 
 
 @final
@@ -108,25 +104,36 @@ class Transition:
     released: int = 0
 
 
-def _int(meta: dict[str, str], key: str) -> int | None:
-    value = meta.get(key)
+#: Where 0.1.0 kept each renamed field: a hash no script has touched since the upgrade.
+_OLD_NAME = {new: old for old, new in LEGACY_FIELDS.items()}
+
+
+def _get(meta: dict[str, str], field: MetaField) -> str | None:
+    value = meta.get(field)
+    if value is None and field in _OLD_NAME:
+        value = meta.get(_OLD_NAME[field])
+    return value
+
+
+def _int(meta: dict[str, str], field: MetaField) -> int | None:
+    value = _get(meta, field)
     return int(value) if value not in (None, "") else None
 
 
 def status_from_meta(workflow_id: str, meta: dict[str, str], running: int) -> WorkflowStatus:
-    """Build a WorkflowStatus from a stored meta hash."""
+    """Build a WorkflowStatus from a stored meta hash (format 2, or 0.1.0's field names)."""
     return WorkflowStatus(
         id=workflow_id,
-        state=State(meta["state"]),
-        total=int(meta.get("total", 0)),
-        succeeded=int(meta.get("ok", 0)),
-        failed=int(meta.get("nf", 0)),
+        state=State(meta[MetaField.STATE]),
+        total=_int(meta, MetaField.TOTAL) or 0,
+        succeeded=_int(meta, MetaField.SUCCEEDED) or 0,
+        failed=_int(meta, MetaField.FAILED_COUNT) or 0,
         running=running,
-        created_at=_int(meta, "created"),
-        started_at=_int(meta, "started"),
-        finished_at=_int(meta, "finished"),
-        failed_node=_int(meta, "fnode"),
-        failed_actor=meta.get("factor"),
-        exc_type=meta.get("fexc"),
-        exc_message=meta.get("fmsg"),
+        created_at=_int(meta, MetaField.CREATED),
+        started_at=_int(meta, MetaField.STARTED),
+        finished_at=_int(meta, MetaField.FINISHED),
+        failed_node=_int(meta, MetaField.FAILED_NODE),
+        failed_actor=_get(meta, MetaField.FAILED_ACTOR),
+        exc_type=_get(meta, MetaField.EXC_TYPE),
+        exc_message=_get(meta, MetaField.EXC_MESSAGE),
     )

@@ -9,32 +9,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, final
 
+from aioworkflow._machine import Mode
+from aioworkflow._protocol import BrokerAck
+
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from aioworkflow._dag import Dag
-    from aioworkflow._plan import Claim, Completion, Upload
+    from aioworkflow._protocol import Claim, Completion
     from aioworkflow._status import Event
+    from aioworkflow._upload import Upload
 
 __all__ = ["AsyncStore", "BrokerAck", "Loaded", "Store", "StoreBackend"]
-
-
-@final
-@dataclass(frozen=True, slots=True)
-class BrokerAck:
-    """A RedisBroker delivery for ``complete.lua`` to acknowledge in the same atomic step.
-
-    Direct mode only (the broker's queues live in the store's Redis): the script does what
-    dramatiq's ``ack`` command does (drop the id from the worker's ack set, then the payload)
-    and refreshes the worker's heartbeat, which saves the worker one round trip per task.
-    """
-
-    #: The worker's ack set for the queue, the queue's ``.msgs`` hash, the heartbeats zset.
-    keys: tuple[str, str, str]
-    #: ``message.options["redis_message_id"]``.
-    message_id: str
-    #: The consuming broker's ``broker_id`` (the heartbeat member).
-    broker_id: str
 
 
 @final
@@ -43,10 +29,16 @@ class Loaded:
     """What a worker or client needs to know about a stored workflow (cached per process)."""
 
     dag: Dag
-    #: "d": scripts enqueue into dramatiq's Redis queues themselves; "r": ready set.
+    #: A :class:`~aioworkflow._machine.Mode` (given as one or as its value): DIRECT ("d"),
+    #: scripts enqueue into dramatiq's Redis queues themselves; READY ("r"), they put released
+    #: nodes in the ready set.
     mode: str
     slots: list[str]
+    #: Callback message fields by ``CallbackKind`` ("s"/"f").
     callbacks: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "mode", Mode(self.mode))
 
 
 class Store(Protocol):

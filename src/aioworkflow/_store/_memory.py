@@ -1,8 +1,10 @@
 """MemoryStore: the scripts' semantics in one process, for the embedded default and unit tests.
 
 Each method below is the Python twin of the Lua script of the same name and runs under one
-lock, which gives it the same atomicity. It always works in ready mode (there is no Redis
-queue to push into): released nodes are returned and the worker enqueues them.
+lock, which gives it the same atomicity. Like the scripts, it takes every rule from the tables of
+``_machine`` (``TRANSITIONS``, ``ON_RELEASE``, ``CLAIM_IN_STATE``) and names meta fields by
+``MetaField``. It always works in ready mode (there is no Redis queue to push into): released
+nodes are returned and the worker enqueues them.
 """
 
 from __future__ import annotations
@@ -14,8 +16,22 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, final
 
 from aioworkflow._dag import Dag
-from aioworkflow._plan import Claim, ClaimCode, Completion, Upload
-from aioworkflow._status import Event, EventKind, State
+from aioworkflow._machine import (
+    CLAIM_IN_STATE,
+    FINAL_STATES,
+    ON_RELEASE,
+    CallbackKind,
+    ClaimCode,
+    MetaField,
+    Mode,
+    Op,
+    Outcome,
+    Release,
+    State,
+    transition,
+)
+from aioworkflow._protocol import Claim, Completion
+from aioworkflow._status import Event, EventKind
 from aioworkflow.errors import WorkflowExists
 
 from ._base import Loaded
@@ -23,7 +39,8 @@ from ._base import Loaded
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from ._base import BrokerAck
+    from aioworkflow._protocol import BrokerAck
+    from aioworkflow._upload import Upload
 
 __all__ = ["MemoryStore"]
 
@@ -38,17 +55,17 @@ class _Wf:
     loaded: Loaded
     cnt: list[int]
     done: set[int] = field(default_factory=set)
-    ready: dict[int | str, int] = field(default_factory=dict)
+    ready: dict[int | CallbackKind, int] = field(default_factory=dict)
     held: set[int] = field(default_factory=set)
     res: dict[int, bytes] = field(default_factory=dict)
     events: list[Event] = field(default_factory=list)
-    claims: dict[int | str, str] = field(default_factory=dict)
+    claims: dict[int | CallbackKind, str] = field(default_factory=dict)
     failed: set[int] = field(default_factory=set)
     expires: float | None = None
 
     @property
     def state(self) -> State:
-        return State(self.meta["state"])
+        return State(self.meta[MetaField.STATE])
 
 
 @final
@@ -103,30 +120,31 @@ class MemoryStore:
             loop.call_soon_threadsafe(ev.set)
 
     def _set_state(self, workflow_id: str, wf: _Wf, state: State) -> None:
-        wf.meta["state"] = state.value
-        wf.meta["updated"] = str(_now())
+        wf.meta[MetaField.STATE] = state.value
+        wf.meta[MetaField.UPDATED] = str(_now())
         self._event(workflow_id, wf, "state", None)
-        if state in (State.SUCCEEDED, State.CANCELLED, State.FAILED):
-            wf.meta["finished"] = str(_now())
+        if state in FINAL_STATES:
+            wf.meta[MetaField.FINISHED] = str(_now())
             wf.expires = time.time() + self.retention_ms / 1000
         else:
             wf.expires = None
 
-    def _release(self, wf: _Wf, node: int, out: list[int | str]) -> None:
-        if wf.state is State.RUNNING:
+    def _release(self, wf: _Wf, node: int, out: list[int | CallbackKind]) -> None:
+        decision = ON_RELEASE.get(wf.state, Release.DROP)
+        if decision is Release.DISPATCH:
             wf.ready[node] = _now()
             out.append(node)
-            if wf.meta.get("audit") == "1":
+            if wf.meta.get(MetaField.AUDIT) == "1":
                 self._event(wf.meta["id"], wf, "node_released", node)
-        elif wf.state in (State.PAUSED, State.FAILED):
+        elif decision is Release.HOLD:
             wf.held.add(node)
 
-    def _dispatch_callback(self, wf: _Wf, key: str, out: list[int | str]) -> None:
+    def _dispatch_callback(self, wf: _Wf, key: CallbackKind, out: list[int | CallbackKind]) -> None:
         if key in wf.loaded.callbacks:
             wf.ready[key] = _now()
             out.append(key)
 
-    def _cascade(self, wf: _Wf, v0: int, out: list[int | str]) -> None:
+    def _cascade(self, wf: _Wf, v0: int, out: list[int | CallbackKind]) -> None:
         dag = wf.loaded.dag
         stack = [v0]
         while stack:
@@ -144,29 +162,29 @@ class MemoryStore:
     def submit(self, workflow_id: str, upload: Upload) -> Completion:
         """Store and start a workflow (the twin of upload + ``start.lua``)."""
         dag = Dag.decode(upload.dag)
-        import orjson
-
-        callbacks = {
-            k: orjson.loads(str(upload.meta[f"cb_{k}"])) for k in "sf" if f"cb_{k}" in upload.meta
-        }
+        callbacks: dict[str, dict[str, Any]] = dict(upload.callbacks.items())
         with self._lock:
             if self._get(workflow_id) is not None:
                 raise WorkflowExists(f"a workflow with id {workflow_id!r} already exists")
-            meta = {k: str(v) for k, v in upload.meta.items()}
-            meta["state"] = State.PENDING.value
+            meta = {str(k): str(v) for k, v in upload.meta.items()}
+            meta[MetaField.STATE] = State.PENDING.value
             meta["id"] = workflow_id
-            wf = _Wf(meta, Loaded(dag, "r", [], callbacks), list(dag.pred_counts))
+            wf = _Wf(meta, Loaded(dag, Mode.READY, [], callbacks), list(dag.pred_counts))
             self._wfs[workflow_id] = wf
-            wf.meta["started"] = str(_now())
-            out: list[int | str] = []
+            wf.meta[MetaField.STARTED] = str(_now())
+            out: list[int | CallbackKind] = []
+            started = transition(Op.START, wf.state)
+            assert started is not None
             if len(dag) == 0:
-                self._set_state(workflow_id, wf, State.SUCCEEDED)
-                self._dispatch_callback(wf, "s", out)
+                finished = transition(Op.FINISH, wf.state)
+                assert finished is not None
+                self._set_state(workflow_id, wf, finished)
+                self._dispatch_callback(wf, CallbackKind.SUCCESS, out)
             else:
-                self._set_state(workflow_id, wf, State.RUNNING)
+                self._set_state(workflow_id, wf, started)
                 for root in upload.roots:
                     self._release(wf, root, out)
-            return Completion(1, wf.state, tuple(out))
+            return Completion(Outcome.APPLIED, wf.state, tuple(out))
 
     def load(self, workflow_id: str) -> Loaded | None:
         """See :meth:`Store.load`."""
@@ -183,6 +201,7 @@ class MemoryStore:
             if wf is None:
                 return Claim(ClaimCode.MISSING)
             if isinstance(node, str):
+                node = CallbackKind(node)
                 wf.ready.pop(node, None)
                 prev = wf.claims.get(node)
                 if prev is not None and prev != message_id:
@@ -192,14 +211,15 @@ class MemoryStore:
             if node in wf.done:
                 wf.ready.pop(node, None)
                 return Claim(ClaimCode.DONE)
-            if wf.state in (State.CANCELLED, State.SUCCEEDED):
+            decided = CLAIM_IN_STATE.get(wf.state)
+            if decided is ClaimCode.ENDED:
                 wf.ready.pop(node, None)
-                return Claim(ClaimCode.ENDED)
-            if wf.state in (State.PAUSED, State.FAILED):
+                return Claim(decided)
+            if decided is ClaimCode.HELD:
                 wf.ready.pop(node, None)
                 wf.claims.pop(node, None)
                 wf.held.add(node)
-                return Claim(ClaimCode.HELD)
+                return Claim(decided)
             if wf.cnt[node] != 0:
                 return Claim(ClaimCode.UNRELEASED)
             prev = wf.claims.get(node)
@@ -221,26 +241,27 @@ class MemoryStore:
         with self._lock:
             wf = self._get(workflow_id)
             if wf is None:
-                return Completion(-1, None)
+                return Completion(Outcome.MISSING, None)
             if node in wf.done:
-                return Completion(0, wf.state)
+                return Completion(Outcome.UNCHANGED, wf.state)
             wf.done.add(node)
             wf.claims.pop(node, None)
             if node in wf.failed:
                 wf.failed.discard(node)
-                wf.meta["nf"] = str(int(wf.meta["nf"]) - 1)
+                wf.meta[MetaField.FAILED_COUNT] = str(int(wf.meta[MetaField.FAILED_COUNT]) - 1)
             if result is not None:
                 wf.res[node] = result
-            ok = int(wf.meta["ok"]) + 1
-            wf.meta["ok"] = str(ok)
+            succeeded = int(wf.meta[MetaField.SUCCEEDED]) + 1
+            wf.meta[MetaField.SUCCEEDED] = str(succeeded)
             self._event(workflow_id, wf, "node_succeeded", node)
-            out: list[int | str] = []
+            out: list[int | CallbackKind] = []
             if wf.state is not State.CANCELLED:
                 self._cascade(wf, node, out)
-            if ok == len(wf.loaded.dag) and wf.state not in (State.CANCELLED, State.SUCCEEDED):
-                self._set_state(workflow_id, wf, State.SUCCEEDED)
-                self._dispatch_callback(wf, "s", out)
-            return Completion(1, wf.state, tuple(out))
+            finished = transition(Op.FINISH, wf.state)
+            if succeeded == len(wf.loaded.dag) and finished is not None:
+                self._set_state(workflow_id, wf, finished)
+                self._dispatch_callback(wf, CallbackKind.SUCCESS, out)
+            return Completion(Outcome.APPLIED, wf.state, tuple(out))
 
     def fail(
         self, workflow_id: str, node: int, info: tuple[str, str, str], queue_keys: list[str]
@@ -249,63 +270,61 @@ class MemoryStore:
         with self._lock:
             wf = self._get(workflow_id)
             if wf is None:
-                return Completion(-1, None)
+                return Completion(Outcome.MISSING, None)
             if node in wf.done:
-                return Completion(0, wf.state)
+                return Completion(Outcome.UNCHANGED, wf.state)
             wf.claims.pop(node, None)
             if node in wf.failed:
-                return Completion(0, wf.state)
+                return Completion(Outcome.UNCHANGED, wf.state)
             wf.failed.add(node)
-            wf.meta["nf"] = str(int(wf.meta["nf"]) + 1)
+            wf.meta[MetaField.FAILED_COUNT] = str(int(wf.meta[MetaField.FAILED_COUNT]) + 1)
             self._event(workflow_id, wf, "node_failed", node)
-            out: list[int | str] = []
-            if wf.state in (State.RUNNING, State.PAUSED):
+            out: list[int | CallbackKind] = []
+            failed = transition(Op.FAIL, wf.state)
+            if failed is not None:
                 actor, exc_type, exc_message = info
-                wf.meta.update(fnode=str(node), factor=actor, fexc=exc_type, fmsg=exc_message)
-                self._set_state(workflow_id, wf, State.FAILED)
-                self._dispatch_callback(wf, "f", out)
-            return Completion(1, wf.state, tuple(out))
+                wf.meta[MetaField.FAILED_NODE] = str(node)
+                wf.meta[MetaField.FAILED_ACTOR] = actor
+                wf.meta[MetaField.EXC_TYPE] = exc_type
+                wf.meta[MetaField.EXC_MESSAGE] = exc_message
+                self._set_state(workflow_id, wf, failed)
+                self._dispatch_callback(wf, CallbackKind.FAILURE, out)
+            return Completion(Outcome.APPLIED, wf.state, tuple(out))
 
     def control(self, op: str, workflow_id: str) -> Completion:
         """The twins of ``cancel.lua``, ``pause.lua``, ``resume.lua`` and ``retry.lua``."""
+        operation = Op(op)
+        if operation not in (Op.CANCEL, Op.PAUSE, Op.RESUME, Op.RETRY):
+            raise ValueError(op)
         with self._lock:
             wf = self._get(workflow_id)
             if wf is None:
-                return Completion(-1, None)
-            state = wf.state
-            out: list[int | str] = []
-            if op == "cancel":
-                if state in (State.SUCCEEDED, State.CANCELLED):
-                    return Completion(0, state)
-                self._set_state(workflow_id, wf, State.CANCELLED)
+                return Completion(Outcome.MISSING, None)
+            to = transition(operation, wf.state)
+            if to is None:
+                return Completion(Outcome.UNCHANGED, wf.state)
+            out: list[int | CallbackKind] = []
+            self._set_state(workflow_id, wf, to)
+            if operation is Op.CANCEL:
                 wf.held.clear()
                 wf.ready.clear()
-            elif op == "pause":
-                if state is not State.RUNNING:
-                    return Completion(0, state)
-                self._set_state(workflow_id, wf, State.PAUSED)
-            elif op == "resume":
-                if state is not State.PAUSED:
-                    return Completion(0, state)
-                self._set_state(workflow_id, wf, State.RUNNING)
+            elif operation is Op.RESUME:
                 for node in sorted(wf.held - wf.done):
                     self._release(wf, node, out)
                 wf.held.clear()
-            elif op == "retry":
-                if state is not State.FAILED:
-                    return Completion(0, state)
-                self._set_state(workflow_id, wf, State.RUNNING)
-                for key in ("finished", "fnode", "factor", "fexc", "fmsg"):
+            elif operation is Op.RETRY:
+                for key in (
+                    MetaField.FINISHED, MetaField.FAILED_NODE, MetaField.FAILED_ACTOR,
+                    MetaField.EXC_TYPE, MetaField.EXC_MESSAGE,
+                ):  # fmt: skip
                     wf.meta.pop(key, None)
-                wf.meta["nf"] = "0"
+                wf.meta[MetaField.FAILED_COUNT] = "0"
                 for node in sorted((wf.failed | wf.held) - wf.done):
                     wf.claims.pop(node, None)
                     self._release(wf, node, out)
                 wf.failed.clear()
                 wf.held.clear()
-            else:  # pragma: no cover - the client only sends the four above
-                raise ValueError(op)
-            return Completion(1, wf.state, tuple(out))
+            return Completion(Outcome.APPLIED, wf.state, tuple(out))
 
     def reconcile(
         self, workflow_id: str, age_ms: int, limit: int, queue_keys: list[str]
@@ -314,19 +333,20 @@ class MemoryStore:
         with self._lock:
             wf = self._get(workflow_id)
             if wf is None:
-                return Completion(-1, None)
+                return Completion(Outcome.MISSING, None)
             now = _now()
             stale = sorted((ts, str(n), n) for n, ts in wf.ready.items() if ts <= now - age_ms)
-            out: list[int | str] = []
+            decision = ON_RELEASE.get(wf.state, Release.DROP)
+            out: list[int | CallbackKind] = []
             for _, _, n in stale[:limit]:
-                if isinstance(n, str) or (wf.state is State.RUNNING and n not in wf.done):
+                if isinstance(n, str) or (decision is Release.DISPATCH and n not in wf.done):
                     wf.ready[n] = now
                     out.append(n)
                 else:
                     del wf.ready[n]
-                    if wf.state in (State.PAUSED, State.FAILED) and n not in wf.done:
+                    if decision is Release.HOLD and n not in wf.done:
                         wf.held.add(n)
-            return Completion(1, wf.state, tuple(out), len(wf.ready))
+            return Completion(Outcome.APPLIED, wf.state, tuple(out), len(wf.ready))
 
     def active(self, limit: int) -> list[str]:
         """Every live workflow (the memory store has no separate index)."""

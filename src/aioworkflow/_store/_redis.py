@@ -17,10 +17,19 @@ import redis.asyncio
 import redis.asyncio.cluster
 import redis.cluster
 
-from aioworkflow import _keys
+from aioworkflow import _keys, _protocol as p
 from aioworkflow._dag import Dag
-from aioworkflow._plan import Claim, Completion, Upload, parse_claim, parse_completion
-from aioworkflow._status import Event, State
+from aioworkflow._machine import (
+    CALLBACK_FIELD,
+    EVENT_FIELDS,
+    CallbackKind,
+    EventCode,
+    MetaField,
+    Outcome,
+    State,
+)
+from aioworkflow._protocol import BrokerAck, Claim, Completion, ScriptCall, SubmitCode
+from aioworkflow._status import Event
 from aioworkflow.errors import (
     DecodeError,
     ScriptError,
@@ -29,12 +38,15 @@ from aioworkflow.errors import (
     WorkflowExists,
 )
 
-from ._base import BrokerAck, Loaded
-from ._scripts import SOURCES, ScriptName
+from ._base import Loaded
+from ._scripts import SOURCES, ScriptName, explain
 from ._wire import WireScripts
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
+
+    from aioworkflow._status import EventKind
+    from aioworkflow._upload import Upload
 
 __all__ = ["RedisStore"]
 
@@ -51,11 +63,8 @@ MAX_BLOCK_MS = 2000
 #: Template fields written per HSET when storing a workflow.
 TEMPLATE_CHUNK = 250
 
-_DAG = _keys.PARTS.index("dag")
-_EVENTS = _keys.PARTS.index("ev")
 #: Scripts every task runs: sent through the lean wire path where the client allows it.
 _HOT = frozenset((ScriptName.CLAIM, ScriptName.COMPLETE, ScriptName.FAIL))
-_STATES = _keys.PARTS.index("st")
 try:  # redis-py reads its own version from package metadata (file I/O) on every new
     # connection unless it is given; read it once here, not on the event loop
     _REDIS_VERSION = importlib.metadata.version("redis")
@@ -67,23 +76,32 @@ try:
     _LIB: dict[str, Any] = {"driver_info": DriverInfo(name="redis-py", lib_version=_REDIS_VERSION)}
 except ImportError:  # pragma: no cover - redis-py before 7
     _LIB = {"lib_name": "redis-py", "lib_version": _REDIS_VERSION}
-_EVENT_KINDS = {
-    b"ok": "node_succeeded",
-    b"fail": "node_failed",
-    b"state": "state",
-    b"rel": "node_released",
+_EVENT_KINDS: dict[bytes, EventKind] = {
+    EventCode.NODE_SUCCEEDED.encode(): "node_succeeded",
+    EventCode.NODE_FAILED.encode(): "node_failed",
+    EventCode.STATE.encode(): "state",
+    EventCode.NODE_RELEASED.encode(): "node_released",
 }
+_EV_KIND = EVENT_FIELDS["kind"].encode()
+_EV_NODE = EVENT_FIELDS["node"].encode()
+_EV_STATE = EVENT_FIELDS["state"].encode()
+#: What ``load`` reads from the meta hash.
+_LOAD_FIELDS = [MetaField.MODE, MetaField.SLOTS, *(CALLBACK_FIELD[kind] for kind in CallbackKind)]
 
 
 @contextlib.contextmanager
-def map_exceptions() -> Iterator[None]:
-    """Translate redis-py errors into the aioworkflow tree, once, at the store boundary."""
+def map_exceptions(script: ScriptName | None = None) -> Iterator[None]:
+    """Translate redis-py errors into the aioworkflow tree, once, at the store boundary.
+
+    A script's error names the file and line it comes from (``complete.lua:24``), not the line
+    of the joined source Redis ran (``user_script:168``).
+    """
     try:
         yield
     except (redis.ConnectionError, redis.TimeoutError) as exc:
         raise StoreConnectionError(str(exc)) from exc
     except redis.ResponseError as exc:
-        raise ScriptError(str(exc)) from exc
+        raise ScriptError(explain(str(exc), script)) from exc
     except redis.RedisError as exc:
         raise StoreError(str(exc)) from exc
 
@@ -95,18 +113,18 @@ def _json(raw: bytes) -> Any:
         raise DecodeError(f"corrupt workflow meta field: {exc}", raw[:64]) from exc
 
 
-def _loaded(
-    blob: bytes | None, mode: bytes | None, slots: bytes | None, cbs: list[bytes | None]
-) -> Loaded | None:
+def _loaded(blob: bytes | None, fields: list[bytes | None]) -> Loaded | None:
+    mode, slots, *cbs = fields
     if blob is None or mode is None:
         return None
-    callbacks = {k: _json(v) for k, v in zip("sf", cbs, strict=True) if v}
+    callbacks: dict[str, Any] = {k: _json(v) for k, v in zip(CallbackKind, cbs, strict=True) if v}
     return Loaded(Dag.decode(blob), mode.decode(), _json(slots or b"[]"), callbacks)
 
 
-def _load_cmds(pipe: Any, keys: list[str]) -> None:
-    pipe.get(keys[_DAG])
-    pipe.hmget(keys[0], ["mode", "slots", "cb_s", "cb_f"])
+def _load_cmds(pipe: Any, workflow_id: str) -> None:
+    keys = _keys.keys_of(workflow_id)
+    pipe.get(keys.dag)
+    pipe.hmget(keys.meta, _LOAD_FIELDS)
 
 
 class _SyncDriver:
@@ -117,31 +135,27 @@ class _SyncDriver:
         self._scripts = {n: client.register_script(src) for n, src in SOURCES.items()}
         self._wire = WireScripts.for_client(client, SOURCES)
 
-    def _run(self, name: ScriptName, keys: list[str], args: Sequence[Any]) -> Any:
-        if self._wire is not None and name in _HOT:
-            return self._wire.run(name, keys, args)
-        with map_exceptions():
-            return self._scripts[name](keys=keys, args=list(args))
+    def _run(self, call: ScriptCall) -> Any:
+        if self._wire is not None and call.script in _HOT:
+            return self._wire.run(call)
+        with map_exceptions(call.script):
+            return self._scripts[call.script](keys=call.keys, args=call.args)
 
     def close(self) -> None:
         if self._wire is not None:
             self._wire.close()
 
     def load(self, workflow_id: str) -> Loaded | None:
-        keys = _keys.workflow_keys(workflow_id)
         with map_exceptions():
             pipe = self._client.pipeline(transaction=False)
-            _load_cmds(pipe, keys)
-            blob, (mode, slots, cb_s, cb_f) = pipe.execute()
-        return _loaded(blob, mode, slots, [cb_s, cb_f])
+            _load_cmds(pipe, workflow_id)
+            blob, fields = pipe.execute()
+        return _loaded(blob, fields)
 
     def claim(
         self, workflow_id: str, node: int | str, message_id: str, pipe_nodes: Sequence[int]
     ) -> Claim:
-        keys = _keys.workflow_keys(workflow_id)
-        return parse_claim(
-            self._run(ScriptName.CLAIM, keys, [workflow_id, node, message_id, *pipe_nodes])
-        )
+        return p.parse_claim(self._run(p.claim_call(workflow_id, node, message_id, pipe_nodes)))
 
     def complete(
         self,
@@ -151,26 +165,20 @@ class _SyncDriver:
         queue_keys: list[str],
         ack: BrokerAck | None = None,
     ) -> Completion:
-        keys = _keys.workflow_keys(workflow_id) + queue_keys
-        args: list[Any] = [workflow_id, node, result or b"", 0 if result is None else 1]
-        if ack is not None:
-            keys += ack.keys
-            args += [ack.message_id, ack.broker_id, int(time.time() * 1000)]
-        return parse_completion(self._run(ScriptName.COMPLETE, keys, args), callback=True)
+        now = 0 if ack is None else int(time.time() * 1000)
+        call = p.complete_call(workflow_id, node, result, queue_keys, ack, now)
+        return p.parse_complete(self._run(call))
 
     def fail(
         self, workflow_id: str, node: int, info: tuple[str, str, str], queue_keys: list[str]
     ) -> Completion:
-        keys = _keys.workflow_keys(workflow_id) + queue_keys
-        reply = self._run(ScriptName.FAIL, keys, [workflow_id, node, *info])
-        return parse_completion(reply, callback=True)
+        return p.parse_fail(self._run(p.fail_call(workflow_id, node, info, queue_keys)))
 
     def reconcile(
         self, workflow_id: str, age_ms: int, limit: int, queue_keys: list[str]
     ) -> Completion:
-        keys = _keys.workflow_keys(workflow_id) + queue_keys
-        reply = self._run(ScriptName.RECONCILE, keys, [workflow_id, age_ms, limit])
-        return parse_completion(reply, extra=True)
+        call = p.reconcile_call(workflow_id, age_ms, limit, queue_keys)
+        return p.parse_reconcile(self._run(call))
 
     def active(self, limit: int) -> list[str]:
         with map_exceptions():
@@ -192,9 +200,13 @@ class _AsyncDriver:
         self._client = client
         self._scripts = {n: client.register_script(src) for n, src in SOURCES.items()}
 
-    async def _run(self, name: ScriptName, keys: list[str], args: Sequence[Any]) -> Any:
-        with map_exceptions():
-            return await self._scripts[name](keys=keys, args=list(args))
+    async def _call(self, call: ScriptCall) -> Any:
+        return await self._run(call.script, call.keys, call.args)
+
+    async def _run(self, script: ScriptName, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        # the one place a script runs (tests wrap it to lose replies)
+        with map_exceptions(script):
+            return await self._scripts[script](keys=keys, args=args)
 
     async def submit(self, workflow_id: str, upload: Upload, queue_keys: list[str]) -> Completion:
         token = secrets.token_hex(16)
@@ -215,81 +227,71 @@ class _AsyncDriver:
         """One attempt; attempts of one submission (same ``token``) are idempotent: the id is
         claimed once, the upload rewritten only while still PENDING, and each root chunk is
         released once (start.lua's chunk offsets)."""
-        keys = _keys.workflow_keys(workflow_id)
+        keys = _keys.keys_of(workflow_id)
         c = self._client
-        retention = int(upload.meta["ret"])
-        claimed = await self._run(ScriptName.SUBMIT, keys, [workflow_id, token, retention])
-        if claimed[0] == 0:
+        retention = int(upload.meta[MetaField.RETENTION_MS])
+        claimed = p.parse_submit(await self._call(p.submit_call(workflow_id, token, retention)))
+        if claimed.code is SubmitCode.TAKEN:
             raise WorkflowExists(f"a workflow with id {workflow_id!r} already exists")
-        pending = claimed[0] == 1 or bytes(claimed[1] or b"") == State.PENDING.value.encode()
-        if pending:
+        if claimed.pending:
             with map_exceptions():
                 pipe = c.pipeline(transaction=False)
-                pipe.hset(keys[0], mapping=upload.meta)
-                for part, blob in (
-                    ("cnt", upload.cnt),
-                    ("off", upload.off),
-                    ("succ", upload.succ),
-                    ("dag", upload.dag),
-                ):
-                    pipe.set(keys[_keys.PARTS.index(part)], blob)
+                pipe.hset(keys.meta, mapping=upload.meta)
+                pipe.set(keys.cnt, upload.cnt)
+                pipe.set(keys.off, upload.off)
+                pipe.set(keys.succ, upload.succ)
+                pipe.set(keys.dag, upload.dag)
                 for key in keys:  # an abandoned PENDING upload must not leak; start.lua persists
                     pipe.pexpire(key, retention)
                 await pipe.execute()
                 # Templates go in modest pipelines: redis-py packs commands on the event loop,
                 # and one 10,000-template pipeline would stall it for ~100 ms.
                 items = list(upload.templates.items())
-                tpl = keys[_keys.PARTS.index("tpl")]
                 for i in range(0, len(items), TEMPLATE_CHUNK):
-                    await c.hset(tpl, mapping=dict(items[i : i + TEMPLATE_CHUNK]))
+                    await c.hset(keys.tpl, mapping=dict(items[i : i + TEMPLATE_CHUNK]))
                 if items:
-                    await c.pexpire(tpl, retention)
+                    await c.pexpire(keys.tpl, retention)
                 await c.zadd(_keys.ACTIVE, {workflow_id: int(time.time() * 1000)})
         roots = list(upload.roots)
-        all_keys = keys + queue_keys
-        first = await self._run(
-            ScriptName.START, all_keys, [workflow_id, "first", 0, *roots[:ROOT_CHUNK]]
-        )
-        done = parse_completion(first)
+        first = await self._call(p.start_call(workflow_id, True, 0, roots[:ROOT_CHUNK], queue_keys))
+        done = p.parse_start(first)
         released = list(done.released)
         for i in range(ROOT_CHUNK, len(roots), ROOT_CHUNK):
-            more = await self._run(
-                ScriptName.START, all_keys, [workflow_id, "more", i, *roots[i : i + ROOT_CHUNK]]
+            more = await self._call(
+                p.start_call(workflow_id, False, i, roots[i : i + ROOT_CHUNK], queue_keys)
             )
-            released += parse_completion(more).released
-        return Completion(1, done.state, tuple(released))
+            released += p.parse_start(more).released
+        return Completion(Outcome.APPLIED, done.state, tuple(released))
 
     async def meta(self, workflow_id: str) -> tuple[dict[str, str], int] | None:
-        keys = _keys.workflow_keys(workflow_id)
+        keys = _keys.keys_of(workflow_id)
         with map_exceptions():
             pipe = self._client.pipeline(transaction=False)
-            pipe.hgetall(keys[0])
-            pipe.hlen(keys[_keys.PARTS.index("claims")])
+            pipe.hgetall(keys.meta)
+            pipe.hlen(keys.claims)
             raw, running = await pipe.execute()
-        if not raw or b"state" not in raw:
+        if not raw or MetaField.STATE.encode() not in raw:
             return None
         return {k.decode(): v.decode(errors="replace") for k, v in raw.items()}, int(running)
 
     async def control(self, op: str, workflow_id: str, queue_keys: list[str]) -> Completion:
-        keys = _keys.workflow_keys(workflow_id) + queue_keys
-        done = parse_completion(await self._run(ScriptName(op), keys, [workflow_id]))
-        if done.status == 1 and op in ("resume", "retry"):  # live again: reconcile it
+        done = p.parse_control(await self._call(p.control_call(op, workflow_id, queue_keys)))
+        if done.status is Outcome.APPLIED and op in ("resume", "retry"):  # live: reconcile it
             with map_exceptions():
                 await self._client.zadd(_keys.ACTIVE, {workflow_id: int(time.time() * 1000)})
         return done
 
     async def load(self, workflow_id: str) -> Loaded | None:
-        keys = _keys.workflow_keys(workflow_id)
         with map_exceptions():
             pipe = self._client.pipeline(transaction=False)
-            _load_cmds(pipe, keys)
-            blob, (mode, slots, cb_s, cb_f) = await pipe.execute()
-        return _loaded(blob, mode, slots, [cb_s, cb_f])
+            _load_cmds(pipe, workflow_id)
+            blob, fields = await pipe.execute()
+        return _loaded(blob, fields)
 
     async def results(self, workflow_id: str, nodes: Sequence[int]) -> list[bytes | None]:
         if not nodes:
             return []
-        key = _keys.workflow_keys(workflow_id)[_keys.PARTS.index("res")]
+        key = _keys.keys_of(workflow_id).res
         with map_exceptions():
             return list(await self._client.hmget(key, [str(n) for n in nodes]))
 
@@ -302,7 +304,8 @@ class _AsyncDriver:
         *,
         states_only: bool = False,
     ) -> list[Event]:
-        key = _keys.workflow_keys(workflow_id)[_STATES if states_only else _EVENTS]
+        keys = _keys.keys_of(workflow_id)
+        key = keys.st if states_only else keys.ev
         if block_ms is not None:  # stay well inside redis-py's socket read timeout
             block_ms = min(block_ms, MAX_BLOCK_MS)
         with map_exceptions():
@@ -310,23 +313,24 @@ class _AsyncDriver:
         out: list[Event] = []
         for _stream, entries in reply or []:
             for eid, fields in entries:
+                state = State(fields[_EV_STATE].decode())
                 if states_only:
-                    state = State(fields[b"s"].decode())
                     out.append(Event(id=eid.decode(), kind="state", node=None, state=state))
                     continue
-                node = int(fields[b"n"])
+                node = int(fields[_EV_NODE])
                 out.append(
                     Event(
                         id=eid.decode(),
-                        kind=_EVENT_KINDS[fields[b"k"]],  # type: ignore[arg-type]
+                        kind=_EVENT_KINDS[fields[_EV_KIND]],
                         node=None if node < 0 else node,
-                        state=State(fields[b"s"].decode()),
+                        state=state,
                     )
                 )
         return out
 
     async def last_event_id(self, workflow_id: str, *, states_only: bool = False) -> str:
-        key = _keys.workflow_keys(workflow_id)[_STATES if states_only else _EVENTS]
+        keys = _keys.keys_of(workflow_id)
+        key = keys.st if states_only else keys.ev
         with map_exceptions():
             last = await self._client.xrevrange(key, count=1)
         return last[0][0].decode() if last else "0"

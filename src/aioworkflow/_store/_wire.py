@@ -25,10 +25,12 @@ import redis.connection
 
 from aioworkflow.errors import ScriptError, StoreConnectionError
 
+from ._scripts import SOURCES, explain
+
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
-    from ._scripts import ScriptName
+    from aioworkflow._protocol import ScriptCall, ScriptName
 
 __all__ = ["WireScripts"]
 
@@ -122,6 +124,8 @@ class WireScripts:
     def __init__(self, params: dict[str, Any], sources: Mapping[ScriptName, str]) -> None:
         self._params = params
         self._sources = {name: src.encode() for name, src in sources.items()}
+        # scripts whose error lines explain() can map back to their files
+        self._known = frozenset(n for n, src in sources.items() if SOURCES.get(n) == src)
         self._heads = {
             name: _bulk(b"EVALSHA") + _bulk(hashlib.sha1(src).hexdigest())
             for name, src in self._sources.items()
@@ -196,14 +200,15 @@ class WireScripts:
             self._keys[tkeys] = block
         return block
 
-    def run(self, name: ScriptName, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        """EVALSHA ``name``; loads the script once if Redis does not know it.
+    def run(self, call: ScriptCall) -> Any:
+        """EVALSHA ``call.script``; loads the script once if Redis does not know it.
 
         Raises:
             StoreConnectionError: Redis unreachable, timed out, the connection broke, or
                 Redis is still loading its data set.
-            ScriptError: the script raised an error.
+            ScriptError: the script raised an error (naming the Lua file and line).
         """
+        name, keys, args = call.script, call.keys, call.args
         packet = (
             b"*%d\r\n" % (3 + len(keys) + len(args))
             + self._heads[name]
@@ -226,5 +231,6 @@ class WireScripts:
             if str(reply).startswith("LOADING"):  # a restarted Redis reading its data back:
                 # transient, like redis-py's BusyLoadingError (a ConnectionError)
                 raise StoreConnectionError(str(reply))
-            raise ScriptError(str(reply))
+            message = str(reply)
+            raise ScriptError(explain(message, name) if name in self._known else message)
         return reply

@@ -1,18 +1,20 @@
--- _lib.lua: helpers shared by every aioworkflow script; the loader prepends this file to each
--- script, so every script sees the same key layout and helpers.
+-- _lib.lua: helpers shared by every aioworkflow script. The loader joins _machine.lua (the
+-- state machine as data, rendered from _machine.py: S states, T[op][state] transitions,
+-- ON_RELEASE, CLAIM/SUBMIT/OUT reply codes, CB callbacks, MODE, EVENT codes, F meta fields), this
+-- file and the script into one source; the store maps error lines back to these files.
 --
--- KEYS (every script receives the same 14 workflow keys, then any queue keys):
---   1 meta    hash    state, total, nv (vertices), ok, nf, mode (d|r), ret, seq, timestamps,
---                     failure details, cb_s/cb_f (callback messages), audit (log releases)
+-- KEYS (every script receives the same 14 workflow keys, then any queue keys; _keys.py):
+--   1 meta    hash    F.*: state, format, total, succeeded, failed_count, mode (MODE),
+--                     retention_ms, seq, timestamps, failure details, callbacks, audit
 --   2 cnt     string  u32 big-endian per vertex: predecessors still to finish
 --   3 off     string  u32 big-endian per vertex + 1: CSR offsets into succ
 --   4 succ    string  u32 big-endian per edge: successor vertex indices
 --   5 done    bitmap  bit per vertex: completion counted (the exactly-once guard)
---   6 tpl     hash    node -> "slot:delay:" .. message template (direct mode); "s"/"f" callbacks
+--   6 tpl     hash    node -> "slot:delay:" .. message template (direct mode); CB.* callbacks
 --   7 ready   zset    released but not yet claimed (ready mode), score = release ms
 --   8 held    set     released while PAUSED or FAILED, released again by resume/retry
 --   9 res     hash    node -> result blob, only for nodes whose result is needed
---  10 ev      stream  node and workflow events
+--  10 ev      stream  node and workflow events (EVENT_FIELD fields, EVENT codes)
 --  11 claims  hash    node -> message id of the delivery that started it
 --  12 failed  set     failed nodes (cleared by retry)
 --  13 dag     string  the encoded DAG (never read by Lua; listed so PEXPIRE covers it)
@@ -27,7 +29,6 @@ local META, CNT, OFF, SUCC, DONE, TPL, READY, HELD, RES, EV, CLAIMS, FAILED, DAG
 local NKEYS = 14
 local WF = ARGV[1]
 local EV_MAXLEN = 10000
-local TERMINAL = {SUCCEEDED = true, FAILED = true, CANCELLED = true}
 
 local function now_ms()
     local t = redis.call('TIME')
@@ -35,7 +36,38 @@ local function now_ms()
 end
 
 local function event(kind, node, state)
-    redis.call('XADD', EV, 'MAXLEN', '~', EV_MAXLEN, '*', 'k', kind, 'n', node, 's', state)
+    redis.call('XADD', EV, 'MAXLEN', '~', EV_MAXLEN, '*',
+        EVENT_FIELD.kind, kind, EVENT_FIELD.node, node, EVENT_FIELD.state, state)
+end
+
+-- A meta hash written by aioworkflow 0.1.0 has no F.format and short field names (LEGACY):
+-- rename them in place, once per workflow, so that the scripts only know the new names.
+local function upgrade_meta()
+    local old = {}
+    for i, pair in ipairs(LEGACY) do old[i] = pair[1] end
+    local values = redis.call('HMGET', META, unpack(old))
+    local set = {F.format, FORMAT}
+    for i, pair in ipairs(LEGACY) do
+        if values[i] then
+            set[#set + 1] = pair[2]
+            set[#set + 1] = values[i]
+        end
+    end
+    redis.call('HSET', META, unpack(set))
+    for _, name in ipairs(DROPPED) do old[#old + 1] = name end
+    redis.call('HDEL', META, unpack(old))
+end
+
+-- The workflow's state (false: no such workflow), then the meta fields named in `...`, all in
+-- one HMGET. Every script starts here, so an old meta hash is upgraded before anything reads it;
+-- a current one costs nothing extra.
+local function load_meta(...)
+    local m = redis.call('HMGET', META, F.state, F.format, ...)
+    if m[1] and not m[2] then
+        upgrade_meta()
+        m = redis.call('HMGET', META, F.state, F.format, ...)
+    end
+    return m[1], m[3], m[4], m[5]
 end
 
 -- Render a stored template and append it to its dramatiq queue, as RedisBroker.enqueue
@@ -44,7 +76,7 @@ local function push(field, now)
     local t = redis.call('HGET', TPL, field)
     if not t then return false end
     local slot, delay, body = string.match(t, '^(%d+):(%d+):(.*)$')
-    local id = WF .. '.' .. field .. '.' .. redis.call('HINCRBY', META, 'seq', 1)
+    local id = WF .. '.' .. field .. '.' .. redis.call('HINCRBY', META, F.seq, 1)
     local payload = string.gsub(body, '%z(%u)', {
         I = id, T = tostring(now), E = tostring(now + tonumber(delay))})
     local base = NKEYS + 2 * tonumber(slot)
@@ -53,32 +85,34 @@ local function push(field, now)
     return true
 end
 
--- With the meta field audit=1 every release is also logged as a "rel" event (tests, debugging).
+-- With F.audit = 1 every release is also logged as an EVENT.NODE_RELEASED event (tests, debugging).
 local AUDIT = nil
 local function audited()
-    if AUDIT == nil then AUDIT = redis.call('HGET', META, 'audit') == '1' end
+    if AUDIT == nil then AUDIT = redis.call('HGET', META, F.audit) == '1' end
     return AUDIT
 end
 
--- Hand a released node (or callback "s"/"f") to the broker: straight into dramatiq's queue
--- in direct mode, else into the ready set for the worker to enqueue (and the reconciler to
--- find if the worker dies first).
+-- Hand a released node (or a CB callback) to the broker: straight into dramatiq's queue in
+-- direct mode, else into the ready set for the worker to enqueue (and the reconciler to find if
+-- the worker dies first).
 local function dispatch(field, mode, now, out)
-    if mode == 'd' then
+    if mode == MODE.DIRECT then
         push(tostring(field), now)
     else
         redis.call('ZADD', READY, now, field)
     end
     if type(field) == 'number' and audited() then
-        event('rel', field, redis.call('HGET', META, 'state'))
+        event(EVENT.NODE_RELEASED, field, redis.call('HGET', META, F.state))
     end
     out[#out + 1] = field
 end
 
+-- A node whose predecessors have all finished: dispatched, held or dropped (ON_RELEASE).
 local function release(w, state, mode, now, out)
-    if state == 'RUNNING' then
+    local decision = ON_RELEASE[state]
+    if decision == RELEASE.DISPATCH then
         dispatch(w, mode, now, out)
-    elseif state == 'PAUSED' or state == 'FAILED' then
+    elseif decision == RELEASE.HOLD then
         redis.call('SADD', HELD, w)
     end
 end
@@ -123,11 +157,11 @@ local function cascade(v0, ntasks, state, mode, now, out)
     end
 end
 
--- Once a workflow has ended, every key expires `ret` ms later; re-applied after each write
--- in a terminal state so that keys created late are covered too.
+-- Once a workflow has ended (FINAL), every key expires F.retention_ms later; re-applied after
+-- each write in a final state so that keys created late are covered too.
 local function settle(state)
-    if TERMINAL[state] then
-        local ret = tonumber(redis.call('HGET', META, 'ret')) or 86400000
+    if FINAL[state] then
+        local ret = tonumber(redis.call('HGET', META, F.retention_ms)) or 86400000
         for i = 1, NKEYS do redis.call('PEXPIRE', KEYS[i], ret) end
     end
 end
@@ -137,7 +171,7 @@ local function persist()
 end
 
 local function set_state(state, now)
-    redis.call('HSET', META, 'state', state, 'updated', now)
-    event('state', -1, state)
-    redis.call('XADD', ST, 'MAXLEN', '~', 100, '*', 's', state)
+    redis.call('HSET', META, F.state, state, F.updated, now)
+    event(EVENT.STATE, -1, state)
+    redis.call('XADD', ST, 'MAXLEN', '~', 100, '*', EVENT_FIELD.state, state)
 end

@@ -1,14 +1,16 @@
--- cancel.lua: compare-and-set RUNNING | PAUSED | FAILED | PENDING -> CANCELLED.
+-- cancel.lua: compare-and-set T.cancel (PENDING | RUNNING | PAUSED | FAILED -> CANCELLED).
 -- Nothing is released afterwards; queued messages are skipped by claim.lua.
 -- KEYS: the 14 workflow keys (see _lib.lua)
 -- ARGV: workflow id
--- Reply: {status, state}  status 1: cancelled now; 0: already ended (state says how); -1: none
-local state = redis.call('HGET', META, 'state')
-if not state then return {-1, ''} end
-if state == 'SUCCEEDED' or state == 'CANCELLED' then return {0, state} end
+-- Reply: {outcome, state}  OUT.APPLIED: cancelled now; OUT.UNCHANGED: already ended (state
+--   says how); OUT.MISSING: no such workflow
+local state = load_meta()
+if not state then return {OUT.MISSING, ''} end
+local to = T.cancel[state]
+if not to then return {OUT.UNCHANGED, state} end
 local now = now_ms()
-set_state('CANCELLED', now)
-redis.call('HSET', META, 'finished', now)
+set_state(to, now)
+redis.call('HSET', META, F.finished, now)
 redis.call('DEL', HELD, READY)
-settle('CANCELLED')
-return {1, 'CANCELLED'}
+settle(to)
+return {OUT.APPLIED, to}

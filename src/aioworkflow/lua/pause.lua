@@ -1,10 +1,12 @@
--- pause.lua: compare-and-set RUNNING -> PAUSED. While paused, released nodes and queued
--- deliveries are held (claim.lua, complete.lua) until resume.lua.
+-- pause.lua: compare-and-set T.pause (RUNNING -> PAUSED). While paused, released nodes and
+-- queued deliveries are held (claim.lua, complete.lua) until resume.lua.
 -- KEYS: the 14 workflow keys (see _lib.lua)
 -- ARGV: workflow id
--- Reply: {status, state}  status 1: paused now; 0: not RUNNING (state says what); -1: none
-local state = redis.call('HGET', META, 'state')
-if not state then return {-1, ''} end
-if state ~= 'RUNNING' then return {0, state} end
-set_state('PAUSED', now_ms())
-return {1, 'PAUSED'}
+-- Reply: {outcome, state}  OUT.APPLIED: paused now; OUT.UNCHANGED: not RUNNING (state says
+--   what); OUT.MISSING: no such workflow
+local state = load_meta()
+if not state then return {OUT.MISSING, ''} end
+local to = T.pause[state]
+if not to then return {OUT.UNCHANGED, state} end
+set_state(to, now_ms())
+return {OUT.APPLIED, to}

@@ -1,36 +1,42 @@
--- start.lua: move a stored workflow from PENDING to RUNNING and release its roots.
+-- start.lua: apply T.start (PENDING -> RUNNING) to a stored workflow and release its roots; a
+-- workflow without tasks takes T.finish at once (SUCCEEDED, on_success dispatched).
 -- Big root sets are released in several calls: the first with phase "first", the rest "more".
--- Each call names the offset of its chunk in the root list; META's "rs" counts the roots
+-- Each call names the offset of its chunk in the root list; F.roots_released counts the roots
 -- released so far, so a chunk sent again (a retried run()) releases nothing twice.
 -- KEYS: the 14 workflow keys (see _lib.lua), then queue key pairs (direct mode)
 -- ARGV: workflow id, phase ("first" | "more"), chunk offset, root node indices...
--- Reply: {status, state, released...}
---   status 1: done; 0: nothing changed (not PENDING on "first", chunk already released on
---   "more"); -1: no workflow
-local state = redis.call('HGET', META, 'state')
-if not state then return {-1, ''} end
+-- Reply: {outcome, state, released...}
+--   OUT.APPLIED: done; OUT.UNCHANGED: nothing changed (not PENDING on "first", chunk already
+--   released on "more"); OUT.MISSING: no workflow
+local state, mode, total, roots_released = load_meta(F.mode, F.total, F.roots_released)
+if not state then return {OUT.MISSING, ''} end
 local now = now_ms()
-local mode = redis.call('HGET', META, 'mode')
-local out = {}
+local out = {OUT.APPLIED, state}
 if ARGV[2] == 'first' then
-    if state ~= 'PENDING' then return {0, state} end
+    local to = T.start[state]
+    if not to then return {OUT.UNCHANGED, state} end
     persist()
-    redis.call('HSET', META, 'started', now)
-    if tonumber(redis.call('HGET', META, 'total')) == 0 then
-        set_state('SUCCEEDED', now)
-        redis.call('HSET', META, 'finished', now)
-        if redis.call('HEXISTS', META, 'cb_s') == 1 then dispatch('s', mode, now, out) end
-        settle('SUCCEEDED')
-        return {1, 'SUCCEEDED', unpack(out)}
+    redis.call('HSET', META, F.started, now)
+    if tonumber(total) == 0 then
+        state = T.finish[state]
+        set_state(state, now)
+        redis.call('HSET', META, F.finished, now)
+        if redis.call('HEXISTS', META, CB_FIELD[CB.SUCCESS]) == 1 then
+            dispatch(CB.SUCCESS, mode, now, out)
+        end
+        settle(state)
+        out[2] = state
+        return out
     end
-    state = 'RUNNING'
+    state = to
     set_state(state, now)
-elseif tonumber(ARGV[3]) < tonumber(redis.call('HGET', META, 'rs') or '0') then
-    return {0, state}
+elseif tonumber(ARGV[3]) < (tonumber(roots_released) or 0) then
+    return {OUT.UNCHANGED, state}
 end
+out[2] = state
 for i = 4, #ARGV do
     release(tonumber(ARGV[i]), state, mode, now, out)
 end
-redis.call('HSET', META, 'rs', tonumber(ARGV[3]) + #ARGV - 3)
+redis.call('HSET', META, F.roots_released, tonumber(ARGV[3]) + #ARGV - 3)
 settle(state)
-return {1, state, unpack(out)}
+return out

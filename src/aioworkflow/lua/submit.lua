@@ -3,11 +3,13 @@
 -- retried run() (after a lost connection) find its own claim again.
 -- KEYS: the 14 workflow keys (see _lib.lua)
 -- ARGV: workflow id, submission token, retention in ms
--- Reply: {1} claimed now; {2, state} claimed earlier by this submission; {0} the id is taken
-if redis.call('HGET', META, 'tok') == ARGV[2] then
-    return {2, redis.call('HGET', META, 'state')}
+-- Reply: {SUBMIT.CLAIMED} claimed now; {SUBMIT.CLAIMED_BEFORE, state} claimed earlier by this
+--   submission; {SUBMIT.TAKEN} the id is taken
+local state = load_meta()
+if redis.call('HGET', META, F.token) == ARGV[2] then
+    return {SUBMIT.CLAIMED_BEFORE, state}
 end
-if redis.call('EXISTS', META) == 1 then return {0} end
-redis.call('HSET', META, 'state', 'PENDING', 'tok', ARGV[2])
+if redis.call('EXISTS', META) == 1 then return {SUBMIT.TAKEN} end
+redis.call('HSET', META, F.state, S.PENDING, F.token, ARGV[2], F.format, FORMAT)
 redis.call('PEXPIRE', META, ARGV[3])
-return {1}
+return {SUBMIT.CLAIMED}

@@ -1,0 +1,307 @@
+"""The script protocol: one call builder and one reply parser per Lua script. Pure.
+
+Theory of operation
+-------------------
+Every store operation after the upload is one Lua script call. A builder (``claim_call``,
+``complete_call``, ...) turns the operation's arguments into a :class:`ScriptCall` (script name,
+KEYS, ARGV, in the order the script's header documents); a driver runs it, and the script's
+parser (``parse_claim``, ``parse_complete``, ...) narrows redis-py's ``Any`` into a typed
+outcome. The sync driver, the async driver and the worker's lean wire path only run
+ScriptCalls and parse with these functions, so a reply change touches a script, its builder or
+parser, and nothing else.
+
+=============== ================================== ===================== =================
+script          when                               builder               reply
+=============== ================================== ===================== =================
+``submit``      ``run()`` claims the workflow id   ``submit_call``       :class:`Submitted`
+``start``       ``run()`` releases the roots       ``start_call``        :class:`Completion`
+``claim``       a worker is about to run a node    ``claim_call``        :class:`Claim`
+``complete``    the node's task succeeded          ``complete_call``     :class:`Completion`
+``fail``        dramatiq gave up on the node       ``fail_call``         :class:`Completion`
+``cancel`` ...  ``cancel/pause/resume/retry()``    ``control_call``      :class:`Completion`
+``reconcile``   the workers' reconciler timer      ``reconcile_call``    :class:`Completion`
+=============== ================================== ===================== =================
+
+Codes are enums from ``_machine`` (:class:`ClaimCode`, :class:`Outcome`, :class:`CallbackKind`);
+they compare equal to the integers and strings the scripts send.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final, final
+
+from ._keys import keys_of
+from ._machine import CallbackKind, ClaimCode, Op, Outcome, State, SubmitCode
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+__all__ = [
+    "BrokerAck",
+    "Claim",
+    "Completion",
+    "ScriptCall",
+    "ScriptName",
+    "SubmitCode",
+    "Submitted",
+    "claim_call",
+    "complete_call",
+    "control_call",
+    "fail_call",
+    "parse_claim",
+    "parse_complete",
+    "parse_control",
+    "parse_fail",
+    "parse_reconcile",
+    "parse_start",
+    "parse_submit",
+    "reconcile_call",
+    "start_call",
+    "submit_call",
+]
+
+
+class ScriptName(enum.StrEnum):
+    """One atomic operation each; the file is ``lua/<value>.lua``."""
+
+    SUBMIT = "submit"
+    START = "start"
+    CLAIM = "claim"
+    COMPLETE = "complete"
+    FAIL = "fail"
+    CANCEL = "cancel"
+    PAUSE = "pause"
+    RESUME = "resume"
+    RETRY = "retry"
+    RECONCILE = "reconcile"
+
+
+#: The control scripts, by the operation they perform.
+CONTROL_SCRIPTS: Final[dict[Op, ScriptName]] = {
+    Op.CANCEL: ScriptName.CANCEL,
+    Op.PAUSE: ScriptName.PAUSE,
+    Op.RESUME: ScriptName.RESUME,
+    Op.RETRY: ScriptName.RETRY,
+}
+#: ``start.lua`` phases: the first call moves PENDING to RUNNING; later ones release more roots.
+START_FIRST: Final = "first"
+START_MORE: Final = "more"
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class ScriptCall:
+    """One script invocation: what a driver sends (EVALSHA script KEYS... ARGV...)."""
+
+    script: ScriptName
+    keys: tuple[str, ...]
+    args: tuple[Any, ...]
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class BrokerAck:
+    """A RedisBroker delivery for ``complete.lua`` to acknowledge in the same atomic step.
+
+    Direct mode only (the broker's queues live in the store's Redis): the script does what
+    dramatiq's ``ack`` command does (drop the id from the worker's ack set, then the payload)
+    and refreshes the worker's heartbeat, which saves the worker one round trip per task.
+    """
+
+    #: The worker's ack set for the queue, the queue's ``.msgs`` hash, the heartbeats zset.
+    keys: tuple[str, str, str]
+    #: ``message.options["redis_message_id"]``.
+    message_id: str
+    #: The consuming broker's ``broker_id`` (the heartbeat member).
+    broker_id: str
+
+
+# -- replies ---------------------------------------------------------------------------------
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """Answer of a claim: whether to run, and the stored results the piped input needs."""
+
+    code: ClaimCode
+    results: tuple[bytes | None, ...] = ()
+
+    @property
+    def run(self) -> bool:
+        """Whether the worker should run this delivery."""
+        return self.code is ClaimCode.RUN
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """Answer of start/complete/fail/control/reconcile scripts.
+
+    ``status`` says whether the call changed something (:class:`Outcome`). ``released`` lists
+    what the call released (task nodes as ints, callbacks as :class:`CallbackKind`); in ready
+    mode the caller enqueues them. ``extra`` is the reconciler's count of entries still ready.
+    """
+
+    status: Outcome
+    state: State | None
+    released: tuple[int | CallbackKind, ...] = ()
+    extra: int = 0
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class Submitted:
+    """Answer of ``submit.lua``, with the state found for :attr:`SubmitCode.CLAIMED_BEFORE`."""
+
+    code: SubmitCode
+    state: State | None = None
+
+    @property
+    def pending(self) -> bool:
+        """Whether the upload still has to be written (the workflow has not started)."""
+        return self.code is SubmitCode.CLAIMED or self.state is State.PENDING
+
+
+# -- builders --------------------------------------------------------------------------------
+
+
+def submit_call(workflow_id: str, token: str, retention_ms: int) -> ScriptCall:
+    """Claim ``workflow_id`` for the submission ``token`` (keys live ``retention_ms`` at most)."""
+    return ScriptCall(ScriptName.SUBMIT, keys_of(workflow_id), (workflow_id, token, retention_ms))
+
+
+def start_call(
+    workflow_id: str, first: bool, offset: int, roots: Sequence[int], queue_keys: Sequence[str]
+) -> ScriptCall:
+    """Release the roots ``roots`` (at ``offset`` in the root list); ``first`` starts it."""
+    phase = START_FIRST if first else START_MORE
+    return ScriptCall(
+        ScriptName.START,
+        (*keys_of(workflow_id), *queue_keys),
+        (workflow_id, phase, offset, *roots),
+    )
+
+
+def claim_call(
+    workflow_id: str, node: int | str, message_id: str, pipe_nodes: Sequence[int]
+) -> ScriptCall:
+    """May delivery ``message_id`` of ``node`` run? Also fetch ``pipe_nodes``' results."""
+    return ScriptCall(
+        ScriptName.CLAIM, keys_of(workflow_id), (workflow_id, node, message_id, *pipe_nodes)
+    )
+
+
+def complete_call(
+    workflow_id: str,
+    node: int,
+    result: bytes | None,
+    queue_keys: Sequence[str],
+    ack: BrokerAck | None = None,
+    now_ms: int = 0,
+) -> ScriptCall:
+    """Count ``node`` as succeeded (storing ``result`` unless None); ``ack`` its delivery."""
+    keys = keys_of(workflow_id)
+    args = (workflow_id, node, result or b"", 0 if result is None else 1)
+    if ack is None:
+        return ScriptCall(ScriptName.COMPLETE, (*keys, *queue_keys), args)
+    return ScriptCall(
+        ScriptName.COMPLETE,
+        (*keys, *queue_keys, *ack.keys),
+        (*args, ack.message_id, ack.broker_id, now_ms),
+    )
+
+
+def fail_call(
+    workflow_id: str, node: int, info: tuple[str, str, str], queue_keys: Sequence[str]
+) -> ScriptCall:
+    """Record that ``node`` failed for good; ``info`` is (actor, exception type, message)."""
+    return ScriptCall(
+        ScriptName.FAIL, (*keys_of(workflow_id), *queue_keys), (workflow_id, node, *info)
+    )
+
+
+def control_call(op: Op | str, workflow_id: str, queue_keys: Sequence[str]) -> ScriptCall:
+    """Run the control script of ``op`` (cancel, pause, resume, retry).
+
+    Raises:
+        ValueError: ``op`` is not a control operation.
+    """
+    script = CONTROL_SCRIPTS.get(Op(op))
+    if script is None:
+        raise ValueError(f"not a control operation: {op!r}")
+    return ScriptCall(script, (*keys_of(workflow_id), *queue_keys), (workflow_id,))
+
+
+def reconcile_call(
+    workflow_id: str, age_ms: int, limit: int, queue_keys: Sequence[str]
+) -> ScriptCall:
+    """Hand out again up to ``limit`` entries released ``age_ms`` ago and never claimed."""
+    return ScriptCall(
+        ScriptName.RECONCILE, (*keys_of(workflow_id), *queue_keys), (workflow_id, age_ms, limit)
+    )
+
+
+# -- parsers ---------------------------------------------------------------------------------
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _state(value: Any) -> State | None:
+    text = _text(value) if value is not None else ""
+    return State(text) if text else None
+
+
+def _released(values: Sequence[Any]) -> tuple[int | CallbackKind, ...]:
+    # task nodes come back as Lua numbers (integer replies), callbacks as "s"/"f"; reconcile
+    # also sends nodes it read back from the ready set as numbers
+    return tuple(v if type(v) is int else _key(v) for v in values)
+
+
+def _key(value: Any) -> int | CallbackKind:
+    text = _text(value)
+    return int(text) if text.lstrip("-").isdigit() else CallbackKind(text)
+
+
+def parse_submit(reply: Sequence[Any]) -> Submitted:
+    """Narrow a ``submit.lua`` reply: ``{code}`` or ``{2, state}``."""
+    code = SubmitCode(int(reply[0]))
+    return Submitted(code, _state(reply[1]) if len(reply) > 1 else None)
+
+
+def parse_claim(reply: Sequence[Any]) -> Claim:
+    """Narrow a ``claim.lua`` reply: ``{code, results...}``."""
+    return Claim(ClaimCode(int(reply[0])), tuple(reply[1:]))
+
+
+def parse_control(reply: Sequence[Any]) -> Completion:
+    """Narrow a ``{status, state, released...}`` reply (start and the control scripts)."""
+    return Completion(Outcome(int(reply[0])), _state(reply[1]), _released(reply[2:]))
+
+
+parse_start = parse_control
+
+
+def parse_complete(reply: Sequence[Any]) -> Completion:
+    """Narrow a ``{status, state, callback, released...}`` reply (``complete``, ``fail``).
+
+    The callback this call dispatched ("" for none) comes first in ``released``.
+    """
+    released = _released(reply[3:])
+    cb = _text(reply[2]) if len(reply) > 2 and reply[2] is not None else ""
+    if cb:
+        released = (CallbackKind(cb), *released)
+    return Completion(Outcome(int(reply[0])), _state(reply[1]), released)
+
+
+parse_fail = parse_complete
+
+
+def parse_reconcile(reply: Sequence[Any]) -> Completion:
+    """Narrow a ``{status, state, remaining, released...}`` reply; ``extra`` = remaining."""
+    extra = int(reply[2]) if len(reply) > 2 else 0
+    return Completion(Outcome(int(reply[0])), _state(reply[1]), _released(reply[3:]), extra)
