@@ -61,6 +61,7 @@ from aioworkflow import (
     _dramatiq,
     _keys,
 )
+from aioworkflow._machine import MetaField
 from aioworkflow._plan import OPTION
 from aioworkflow.errors import StoreConnectionError, StoreError, WorkflowTimeout
 from tests.chaos._report import report, scaled
@@ -664,7 +665,7 @@ async def test_completions_survive_redis_restarts(servers: list[RedisServer]) ->
         def count_done() -> int:
             pipe = r.admin.pipeline(transaction=False)
             for h in handles.copy():  # the submitter appends meanwhile
-                pipe.hget(_keys.workflow_keys(h.id)[0], "ok")
+                pipe.hget(_keys.workflow_keys(h.id)[0], MetaField.SUCCEEDED)
             return sum(int(ok or 0) for ok in pipe.execute())
 
         async def restart() -> None:
