@@ -321,7 +321,7 @@ class TestLuaErrorLocations:
 
 
 # -- meta hashes written by 0.1.0 ----------------------------------------------------------
-def downgrade(client: redis.Redis, **old_values: str) -> None:
+def downgrade(client: redis.Redis) -> None:
     """Rewrite WF's meta hash as 0.1.0 wrote it: short names, an ``nv`` field, no format."""
     key = keys_of(WF).meta
     for old, new in LEGACY_FIELDS.items():
@@ -330,7 +330,7 @@ def downgrade(client: redis.Redis, **old_values: str) -> None:
             client.hset(key, old, value)
             client.hdel(key, new)
     client.hdel(key, MetaField.FORMAT)
-    client.hset(key, mapping={"nv": 2, **old_values})
+    client.hset(key, "nv", 2)
 
 
 class TestOldMetaHashes:
@@ -347,7 +347,7 @@ class TestOldMetaHashes:
         assert status_from_meta(WF, raw, running).succeeded == 1
         # When the next node is claimed, the script renames the fields in place, once
         assert store.sync.claim(WF, 1, "m1", []).run
-        fields = {k.decode() for k in redis_client.hkeys(meta_key)}
+        fields = {k.decode() if isinstance(k, bytes) else k for k in redis_client.hkeys(meta_key)}
         assert not fields & {*LEGACY_FIELDS, *DROPPED_FIELDS}
         assert redis_client.hget(meta_key, MetaField.FORMAT) == b"2"
         assert redis_client.hget(meta_key, MetaField.SUCCEEDED) == b"1"
