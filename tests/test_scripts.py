@@ -12,7 +12,7 @@ from dramatiq.brokers.stub import StubBroker
 from aioworkflow import Chain, Group, MemoryStore, RedisStore, State, WithDelay, compile
 from aioworkflow._dramatiq import queue_keys
 from aioworkflow._keys import PARTS, workflow_keys
-from aioworkflow._machine import CallbackKind, ClaimCode, MetaField
+from aioworkflow._machine import ClaimCode, MetaField
 from aioworkflow._store._scripts import PRELUDE, SOURCES, ScriptName
 from aioworkflow._upload import Callback, build_upload
 

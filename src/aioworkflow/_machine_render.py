@@ -122,7 +122,7 @@ def _with_table(text: str) -> str:
 
 def check() -> list[str]:
     """Paths whose rendered text differs from what this module renders now."""
-    drifted = []
+    drifted: list[str] = []
     if not LUA_PATH.exists() or LUA_PATH.read_text(encoding="utf-8") != render_lua():
         drifted.append(str(LUA_PATH))
     status = STATUS_PATH.read_text(encoding="utf-8")

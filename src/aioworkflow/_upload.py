@@ -125,11 +125,13 @@ class Upload:
     cnt: bytes
     off: bytes
     succ: bytes
-    templates: dict[str, bytes] = field(default_factory=dict)
+    templates: dict[str, bytes] = field(default_factory=dict[str, bytes])
     roots: tuple[int, ...] = ()
-    slots: list[str] = field(default_factory=list)
+    slots: list[str] = field(default_factory=list[str])
     #: The callbacks' message fields (also stored as JSON in the meta hash).
-    callbacks: dict[CallbackKind, dict[str, Any]] = field(default_factory=dict)
+    callbacks: dict[CallbackKind, dict[str, Any]] = field(
+        default_factory=dict[CallbackKind, dict[str, Any]]
+    )
 
 
 def build_upload(

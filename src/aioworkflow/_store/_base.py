@@ -35,7 +35,7 @@ class Loaded:
     mode: str
     slots: list[str]
     #: Callback message fields by ``CallbackKind`` ("s"/"f").
-    callbacks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    callbacks: dict[str, dict[str, Any]] = field(default_factory=dict[str, dict[str, Any]])
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mode", Mode(self.mode))

@@ -7,6 +7,8 @@ lock, which gives it the same atomicity. Like the scripts, it takes every rule f
 nodes are returned and the worker enqueues them.
 """
 
+# pyright: reportPrivateUsage=false
+# (_AsyncMemory is the same store's async face: it shares the store's lock and tables)
 from __future__ import annotations
 
 import asyncio
@@ -54,13 +56,13 @@ class _Wf:
     meta: dict[str, str]
     loaded: Loaded
     cnt: list[int]
-    done: set[int] = field(default_factory=set)
-    ready: dict[int | CallbackKind, int] = field(default_factory=dict)
-    held: set[int] = field(default_factory=set)
-    res: dict[int, bytes] = field(default_factory=dict)
-    events: list[Event] = field(default_factory=list)
-    claims: dict[int | CallbackKind, str] = field(default_factory=dict)
-    failed: set[int] = field(default_factory=set)
+    done: set[int] = field(default_factory=set[int])
+    ready: dict[int | CallbackKind, int] = field(default_factory=dict[int | CallbackKind, int])
+    held: set[int] = field(default_factory=set[int])
+    res: dict[int, bytes] = field(default_factory=dict[int, bytes])
+    events: list[Event] = field(default_factory=list[Event])
+    claims: dict[int | CallbackKind, str] = field(default_factory=dict[int | CallbackKind, str])
+    failed: set[int] = field(default_factory=set[int])
     expires: float | None = None
 
     @property

@@ -43,7 +43,7 @@ from ._scripts import SOURCES, ScriptName, explain
 from ._wire import WireScripts
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Sequence
+    from collections.abc import Generator, Sequence
 
     from aioworkflow._status import EventKind
     from aioworkflow._upload import Upload
@@ -65,17 +65,28 @@ TEMPLATE_CHUNK = 250
 
 #: Scripts every task runs: sent through the lean wire path where the client allows it.
 _HOT = frozenset((ScriptName.CLAIM, ScriptName.COMPLETE, ScriptName.FAIL))
-try:  # redis-py reads its own version from package metadata (file I/O) on every new
-    # connection unless it is given; read it once here, not on the event loop
-    _REDIS_VERSION = importlib.metadata.version("redis")
-except importlib.metadata.PackageNotFoundError:  # pragma: no cover
-    _REDIS_VERSION = "0"
-try:
-    from redis.driver_info import DriverInfo
 
-    _LIB: dict[str, Any] = {"driver_info": DriverInfo(name="redis-py", lib_version=_REDIS_VERSION)}
-except ImportError:  # pragma: no cover - redis-py before 7
-    _LIB = {"lib_name": "redis-py", "lib_version": _REDIS_VERSION}
+
+def _redis_version() -> str:
+    # redis-py reads its own version from package metadata (file I/O) on every new
+    # connection unless it is given; read it once here, not on the event loop
+    try:
+        return importlib.metadata.version("redis")
+    except importlib.metadata.PackageNotFoundError:  # pragma: no cover
+        return "0"
+
+
+def _driver_info() -> dict[str, Any]:
+    version = _redis_version()
+    try:
+        from redis.driver_info import DriverInfo
+    except ImportError:  # pragma: no cover - redis-py before 7
+        return {"lib_name": "redis-py", "lib_version": version}
+    return {"driver_info": DriverInfo(name="redis-py", lib_version=version)}
+
+
+#: What the async clients tell Redis about themselves (CLIENT SETINFO).
+_LIB = _driver_info()
 _EVENT_KINDS: dict[bytes, EventKind] = {
     EventCode.NODE_SUCCEEDED.encode(): "node_succeeded",
     EventCode.NODE_FAILED.encode(): "node_failed",
@@ -90,7 +101,7 @@ _LOAD_FIELDS = [MetaField.MODE, MetaField.SLOTS, *(CALLBACK_FIELD[kind] for kind
 
 
 @contextlib.contextmanager
-def map_exceptions(script: ScriptName | None = None) -> Iterator[None]:
+def map_exceptions(script: ScriptName | None = None) -> Generator[None]:
     """Translate redis-py errors into the aioworkflow tree, once, at the store boundary.
 
     A script's error names the file and line it comes from (``complete.lua:24``), not the line
@@ -199,6 +210,10 @@ class _AsyncDriver:
     def __init__(self, client: Any) -> None:
         self._client = client
         self._scripts = {n: client.register_script(src) for n, src in SOURCES.items()}
+
+    async def aclose(self) -> None:
+        """Close this driver's connection pool."""
+        await self._client.aclose()
 
     async def _call(self, call: ScriptCall) -> Any:
         return await self._run(call.script, call.keys, call.args)
@@ -309,9 +324,10 @@ class _AsyncDriver:
         if block_ms is not None:  # stay well inside redis-py's socket read timeout
             block_ms = min(block_ms, MAX_BLOCK_MS)
         with map_exceptions():
-            reply = await self._client.xread({key: after}, count=count, block=block_ms)
+            reply: Any = await self._client.xread({key: after}, count=count, block=block_ms)
+        streams: list[Any] = reply or []
         out: list[Event] = []
-        for _stream, entries in reply or []:
+        for _stream, entries in streams:
             for eid, fields in entries:
                 state = State(fields[_EV_STATE].decode())
                 if states_only:
@@ -363,11 +379,12 @@ class RedisStore:
         self.cluster = cluster or isinstance(client, redis.cluster.RedisCluster)
         if client is None:
             assert url is not None
-            client = (redis.cluster.RedisCluster if self.cluster else redis.Redis).from_url(url)
+            factory: Any = redis.cluster.RedisCluster if self.cluster else redis.Redis
+            client = factory.from_url(url)
         self.url = url
         self.retention_ms = int(retention * 1000)
         self.result_limit = result_limit
-        self._client = client
+        self._client: Any = client
         self._sync = _SyncDriver(client)
         self._aio: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _AsyncDriver] = (
             weakref.WeakKeyDictionary()
@@ -390,20 +407,20 @@ class RedisStore:
         driver = self._aio.get(loop)
         if driver is None:
             if self.cluster:
-                nodes = self._client.get_nodes()
+                nodes: Any = self._client.get_nodes()
                 client: Any = redis.asyncio.cluster.RedisCluster(
                     host=nodes[0].host, port=nodes[0].port
                 )
             elif self.url is not None:
                 # A blocking pool: many concurrent run()/wait() calls queue for a connection
                 # instead of failing with "Too many connections".
-                pool = redis.asyncio.BlockingConnectionPool.from_url(
+                pool: Any = redis.asyncio.BlockingConnectionPool.from_url(  # pyright: ignore[reportUnknownMemberType]
                     self.url, max_connections=AIO_MAX_CONNECTIONS, timeout=None, **_LIB
                 )
                 client = redis.asyncio.Redis.from_pool(pool)
             else:
                 accepted = inspect.signature(redis.asyncio.Redis).parameters
-                kwargs = self._client.connection_pool.connection_kwargs
+                kwargs: dict[str, Any] = self._client.connection_pool.connection_kwargs
                 kept = {k: v for k, v in kwargs.items() if k in accepted and k != "max_connections"}
                 pool = redis.asyncio.BlockingConnectionPool(
                     max_connections=AIO_MAX_CONNECTIONS, timeout=None, **{**kept, **_LIB}
@@ -416,7 +433,7 @@ class RedisStore:
         """Close the async connection pool of the running event loop (call before it ends)."""
         driver = self._aio.pop(asyncio.get_running_loop(), None)
         if driver is not None:
-            await driver._client.aclose()
+            await driver.aclose()
 
     def close(self) -> None:
         """Close the sync connection pool, the worker threads' sockets, and the async pools of
@@ -430,7 +447,7 @@ class RedisStore:
         for loop, driver in list(self._aio.items()):
             if loop is not current and loop.is_running():
                 self._aio.pop(loop, None)
-                future = asyncio.run_coroutine_threadsafe(driver._client.aclose(), loop)
+                future = asyncio.run_coroutine_threadsafe(driver.aclose(), loop)
                 with contextlib.suppress(Exception):
                     future.result(timeout=5)
 

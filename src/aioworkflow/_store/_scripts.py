@@ -30,7 +30,7 @@ def _join(parts: list[tuple[str, str]]) -> tuple[str, tuple[tuple[int, str], ...
     """The joined source and, for each part, (first line in the joined source, file name)."""
     starts: list[tuple[int, str]] = []
     line = 1
-    texts = []
+    texts: list[str] = []
     for name, text in parts:
         body = text if text.endswith("\n") else text + "\n"
         starts.append((line, f"{name}.lua"))

@@ -164,7 +164,7 @@ class WireScripts:
         if conn is None or conn.pid != os.getpid():
             conn = self._local.conn = _Conn(self._params)
             with self._open_lock:
-                alive = []
+                alive: list[tuple[weakref.ref[threading.Thread], _Conn]] = []
                 for ref, other in self._open:
                     thread = ref()
                     if thread is not None and thread.is_alive() and other.pid == conn.pid:
