@@ -36,6 +36,7 @@ from aioworkflow._machine import (
     State,
 )
 from aioworkflow._status import status_from_meta
+from aioworkflow._store._scripts import SHAS, SOURCES, explain, locate
 from aioworkflow._upload import Callback, build_upload
 from aioworkflow.errors import ScriptError
 
@@ -377,3 +378,46 @@ class TestOldMetaHashes:
         status = status_from_meta(WF, *(await store.aio().meta(WF) or ({}, 0)))
         assert (status.state, status.failed, status.failed_actor) == (State.RUNNING, 0, None)
         assert redis_client.hget(keys_of(WF).meta, "factor") is None
+
+
+class TestUpgradeCost:
+    def calls(self, client: redis.Redis) -> dict[str, int]:
+        """Commands run since the last reset, by name (scripts' commands included)."""
+        stats: dict[str, Any] = client.info("commandstats")
+        return {k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in stats.items()}
+
+    def test_a_current_meta_hash_costs_one_hmget_and_an_old_one_is_upgraded_once(
+        self, store: RedisStore, redis_client: redis.Redis
+    ) -> None:
+        # Given a current workflow: a claim reads its meta hash with one HMGET, writes nothing
+        redis_client.config_resetstat()
+        assert store.sync.claim(WF, 0, "m0", []).run
+        calls = self.calls(redis_client)
+        assert (calls.get("hmget"), calls.get("hget"), calls.get("hdel")) == (1, 1, None)
+        # Given the same hash as 0.1.0 wrote it: the first script renames its fields (one
+        # HMGET of the old names, one HSET, one HDEL, then the state is read again)
+        downgrade(redis_client)
+        redis_client.config_resetstat()
+        assert store.sync.claim(WF, 0, "m0", []).run
+        calls = self.calls(redis_client)
+        assert (calls.get("hmget"), calls.get("hdel")) == (3, 1)
+        # and the next script finds it current again
+        redis_client.config_resetstat()
+        assert store.sync.claim(WF, 0, "m0", []).run
+        assert self.calls(redis_client).get("hmget") == 1
+
+
+def test_an_error_names_its_file_from_the_sha_when_the_script_is_not_given() -> None:
+    sha = next(k for k, v in SHAS.items() if v is p.ScriptName.COMPLETE)
+    chunk = len(SOURCES[p.ScriptName.COMPLETE].splitlines())  # the script's last line
+    message = f"ERR user_script:{chunk}: boom script: {sha}, on @user_script:{chunk}."
+    name, line = locate(p.ScriptName.COMPLETE, chunk)
+    assert name == "complete.lua"
+    assert line == len(lua_sources()["complete.lua"].splitlines())
+    assert explain(message) == message.replace("user_script", "complete.lua").replace(
+        f":{chunk}", f":{line}"
+    )
+    # an error of a script that is not ours is left alone
+    assert explain("ERR user_script:3: x script: " + "0" * 40) == (
+        "ERR user_script:3: x script: " + "0" * 40
+    )

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final, final
+from typing import TYPE_CHECKING, Any, Final, NamedTuple, final
 
 from ._keys import keys_of
 from ._machine import CallbackKind, ClaimCode, Op, Outcome, State, SubmitCode
@@ -90,10 +90,11 @@ START_FIRST: Final = "first"
 START_MORE: Final = "more"
 
 
-@final
-@dataclass(frozen=True, slots=True)
-class ScriptCall:
-    """One script invocation: what a driver sends (EVALSHA script KEYS... ARGV...)."""
+class ScriptCall(NamedTuple):
+    """One script invocation: what a driver sends (EVALSHA script KEYS... ARGV...).
+
+    A NamedTuple, not a dataclass: one is built per task on the worker's hot path.
+    """
 
     script: ScriptName
     keys: tuple[str, ...]
@@ -245,6 +246,13 @@ def reconcile_call(
 
 
 # -- parsers ---------------------------------------------------------------------------------
+# Lookups by the integer Redis sends (a dict is cheaper than an enum call on the hot path).
+_CLAIM_CODES: Final[dict[int, ClaimCode]] = {c.value: c for c in ClaimCode}
+_OUTCOMES: Final[dict[int, Outcome]] = {o.value: o for o in Outcome}
+_STATE_OF: Final[dict[str | bytes, State]] = {
+    **{s.value: s for s in State},
+    **{s.value.encode(): s for s in State},
+}
 
 
 def _text(value: Any) -> str:
@@ -252,8 +260,10 @@ def _text(value: Any) -> str:
 
 
 def _state(value: Any) -> State | None:
-    text = _text(value) if value is not None else ""
-    return State(text) if text else None
+    state = _STATE_OF.get(value)
+    if state is None and value:
+        raise ValueError(f"not a workflow state: {value!r}")
+    return state
 
 
 def _released(values: Sequence[Any]) -> tuple[int | CallbackKind, ...]:
@@ -275,12 +285,12 @@ def parse_submit(reply: Sequence[Any]) -> Submitted:
 
 def parse_claim(reply: Sequence[Any]) -> Claim:
     """Narrow a ``claim.lua`` reply: ``{code, results...}``."""
-    return Claim(ClaimCode(int(reply[0])), tuple(reply[1:]))
+    return Claim(_CLAIM_CODES[reply[0]], tuple(reply[1:]))
 
 
 def parse_control(reply: Sequence[Any]) -> Completion:
     """Narrow a ``{status, state, released...}`` reply (start and the control scripts)."""
-    return Completion(Outcome(int(reply[0])), _state(reply[1]), _released(reply[2:]))
+    return Completion(_OUTCOMES[reply[0]], _state(reply[1]), _released(reply[2:]))
 
 
 parse_start = parse_control
@@ -295,7 +305,7 @@ def parse_complete(reply: Sequence[Any]) -> Completion:
     cb = _text(reply[2]) if len(reply) > 2 and reply[2] is not None else ""
     if cb:
         released = (CallbackKind(cb), *released)
-    return Completion(Outcome(int(reply[0])), _state(reply[1]), released)
+    return Completion(_OUTCOMES[reply[0]], _state(reply[1]), released)
 
 
 parse_fail = parse_complete
@@ -304,4 +314,4 @@ parse_fail = parse_complete
 def parse_reconcile(reply: Sequence[Any]) -> Completion:
     """Narrow a ``{status, state, remaining, released...}`` reply; ``extra`` = remaining."""
     extra = int(reply[2]) if len(reply) > 2 else 0
-    return Completion(Outcome(int(reply[0])), _state(reply[1]), _released(reply[3:]), extra)
+    return Completion(_OUTCOMES[reply[0]], _state(reply[1]), _released(reply[3:]), extra)

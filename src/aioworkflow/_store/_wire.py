@@ -190,14 +190,14 @@ class WireScripts:
             with self._open_lock:
                 self._open = [(r, c) for r, c in self._open if c is not conn]
 
-    def _key_block(self, keys: Sequence[str]) -> bytes:
-        tkeys = tuple(keys)
-        block = self._keys.get(tkeys)
+    def _key_block(self, keys: tuple[str, ...]) -> bytes:
+        # ScriptCall keys are tuples already (a cached WorkflowKeys for claim): no copy
+        block = self._keys.get(keys)
         if block is None:
-            block = _bulk(len(tkeys)) + b"".join(_bulk(k) for k in tkeys)
+            block = _bulk(len(keys)) + b"".join(_bulk(k) for k in keys)
             if len(self._keys) >= _KEY_CACHE:
                 self._keys.clear()
-            self._keys[tkeys] = block
+            self._keys[tuple(keys)] = block
         return block
 
     def run(self, call: ScriptCall) -> Any:
