@@ -10,15 +10,16 @@ state (:data:`ON_RELEASE`), and so does the first answer of a claim (:data:`CLAI
 
 Three implementations follow these tables and nothing else:
 
-* the Lua scripts, through ``lua/_machine.lua``: a chunk *rendered from this module* (``T.pause[
-  state]``, ``CLAIM.HELD``, ``F.failed_actor``, ...), loaded in front of every script;
+* the Lua scripts, through ``lua/_machine.lua``: a chunk *rendered from this module*
+  (``T.pause[state]``, ``CLAIM.HELD``, ``F.failed_actor``, ...), loaded in front of every
+  script;
 * the MemoryStore (``_store/_memory.py``), which reads the tables directly;
 * the prose table in ``_status.py``, rendered from :data:`TRANSITIONS` too.
 
 ``python -m aioworkflow._machine_render`` rewrites both rendered texts; ``--check`` fails when
-either has drifted from this module (``nox -s lint`` runs it), and ``tests/test_machine.py`` fails when
-a script spells a state, a meta field, a callback or a reply code as a literal instead of using
-the chunk.
+either has drifted from this module (``nox -s lint`` runs it), and ``tests/test_machine.py``
+fails when a script spells a state, a meta field, a callback or a reply code as a literal
+instead of using the chunk.
 
 Values that leave the process keep their 0.1.0 spelling: the callback kinds ``"s"``/``"f"``
 travel in queued messages' options, the modes ``"d"``/``"r"`` and the event codes are stored.

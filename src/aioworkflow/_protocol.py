@@ -133,7 +133,7 @@ class Claim:
     @property
     def run(self) -> bool:
         """Whether the worker should run this delivery."""
-        return self.code is ClaimCode.RUN
+        return self.code == ClaimCode.RUN
 
 
 @final
