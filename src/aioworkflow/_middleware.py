@@ -25,16 +25,17 @@ Where the hooks sit in dramatiq's message life cycle (dramatiq 2.2.1), and why:
   (the done bit makes the retry harmless).
 
 Threads. dramatiq 2.2.1 runs the post-processing (``before_ack``/``before_nack``, then the
-consumer's ``ack``/``nack``) on the *worker* thread, in ``WorkerThread.process_message``'s
-``finally``, right after ``after_process_message``/``after_skip_message`` of the same delivery
-(``ConsumerThread.post_process_message`` is called from there; older dramatiq releases handed
-acks to the consumer thread instead). The code relies on that: what the after-hooks leave for
-``before_ack``/``before_nack`` is kept in a thread-local, and the ack shortcut's mark, set by
-``complete.lua``'s caller, is read by the consumer's ``ack`` on that same thread
-(``tests/test_failure_modes.py`` pins it). Two deliveries are post-processed on the consumer
-thread instead, and never reach the after-hooks: a message for an unknown actor (its
-``before_nack`` finds nothing pending and uses the exception dramatiq recorded) and the ack of a
-delayed message moved to its queue (not a workflow node yet).
+consumer's ``ack``/``nack``) on the *worker* thread: ``WorkerThread.process_message`` calls
+``ConsumerThread.post_process_message`` in its ``finally``, right after
+``after_process_message``/``after_skip_message`` of the same delivery. (This module used to say
+the consumer thread, where older dramatiq releases queued acks.) The code relies on it: what the
+after-hooks leave for ``before_ack``/``before_nack`` is kept in a thread-local, and the mark
+that the ack shortcut sets after ``complete.lua`` acked a delivery is read by the consumer's
+``ack`` on that same thread (``tests/test_failure_modes.py`` pins both). Two kinds of delivery
+are post-processed on the consumer thread instead, without any after-hook: a message for an
+unknown actor (its ``before_nack`` finds nothing pending and uses the exception dramatiq
+recorded) and a delayed delivery moved to its queue once due (its ``before_ack`` finds nothing
+pending and does nothing; the moved copy is processed later as usual).
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ A workflow is stored in one of two modes (``Loaded.mode``), fixed when it is sub
 
 from __future__ import annotations
 
+import abc
 from typing import TYPE_CHECKING, final
 
 import anyio.to_thread
@@ -38,7 +39,7 @@ __all__ = ["DirectRoute", "ReadyRoute", "Route", "direct_mode", "route_for"]
 _DIRECT = "d"
 
 
-class Route:
+class Route(abc.ABC):
     """What the worker, the reconciler and the client do with what a script released."""
 
     __slots__ = ("queue_keys",)
@@ -47,23 +48,26 @@ class Route:
         #: KEYS the scripts need to enqueue by themselves (empty: they do not).
         self.queue_keys = queue_keys
 
+    @abc.abstractmethod
     def ack_for(self, message: MessageProxy) -> BrokerAck | None:
         """What ``complete.lua`` needs to ack ``message``'s delivery (None: dramatiq acks)."""
-        return None
 
+    @abc.abstractmethod
     def after_barrier(self, released: Sequence[int | str]) -> None:
         """Send what a completion or failure script just released."""
 
+    @abc.abstractmethod
     def send(self, released: Sequence[int | str]) -> None:
         """Send what a control or reconcile script released (blocking)."""
 
+    @abc.abstractmethod
     async def send_async(self, released: Sequence[int | str]) -> None:
         """``send`` from the event loop, never blocking it."""
 
 
 @final
 class DirectRoute(Route):
-    """The scripts have already enqueued everything they released."""
+    """The scripts have already enqueued everything they released: nothing is sent."""
 
     __slots__ = ("_acks", "_broker")
 
@@ -78,6 +82,15 @@ class DirectRoute(Route):
         """See :meth:`Route.ack_for`: possible once the worker installed the shortcut."""
         return None if self._acks is None else self._acks.ack_for(self._broker, message)
 
+    def after_barrier(self, released: Sequence[int | str]) -> None:
+        """Nothing to send (see :meth:`Route.after_barrier`)."""
+
+    def send(self, released: Sequence[int | str]) -> None:
+        """Nothing to send (see :meth:`Route.send`)."""
+
+    async def send_async(self, released: Sequence[int | str]) -> None:
+        """Nothing to send (see :meth:`Route.send_async`)."""
+
 
 @final
 class ReadyRoute(Route):
@@ -90,6 +103,10 @@ class ReadyRoute(Route):
         self._broker = broker
         self._workflow_id = workflow_id
         self._loaded = loaded
+
+    def ack_for(self, message: MessageProxy) -> BrokerAck | None:
+        """Never: the broker is not the store's Redis (see :meth:`Route.ack_for`)."""
+        return None
 
     def after_barrier(self, released: Sequence[int | str]) -> None:
         """See :meth:`Route.after_barrier` (goes through the test-only fault seam)."""
