@@ -74,7 +74,11 @@ class AckShortcut:
         self._keys: dict[str, tuple[str, str, str]] = {}
 
     def install(self, store: StoreBackend, broker: dramatiq.Broker) -> bool:
-        """Enable the shortcut when ``broker`` is a RedisBroker on the store's Redis."""
+        """Enable the shortcut when ``broker`` is a RedisBroker on the store's Redis.
+
+        Returns:
+            Whether this call enabled it (once per process: a second call does nothing).
+        """
         if self._broker is not None or not shares_store_redis(store, broker):
             return False
         _skip_acked_acks(broker)
