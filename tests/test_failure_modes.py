@@ -17,12 +17,15 @@ import anyio
 import dramatiq
 import pytest
 from dramatiq.middleware import Retries
+from dramatiq.worker import WorkerThread
 
 from aioworkflow import Chain, Group, State, WithDelay, Workflow, WorkflowMiddleware
 from tests.test_control import drain
 from tests.test_runtime import check_order, declare_task, wait_for
 
 if TYPE_CHECKING:
+    from dramatiq.broker import MessageProxy
+
     from tests.conftest import Env
 
 
@@ -166,3 +169,60 @@ async def test_the_middleware_works_before_or_after_retries(env: Env, place: str
     assert (await handle.wait(timeout=30)).state is State.SUCCEEDED
     assert attempts == ["b", "b", "b"]
     check_order(env, canvas, ["a", "b", "c", "d"])
+
+
+class ThreadProbe(dramatiq.Middleware):
+    """Records which thread runs each post-processing hook, per delivery."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.threads: dict[tuple[str, str], threading.Thread] = {}
+
+    def _record(self, hook: str, message: MessageProxy) -> None:
+        with self.lock:
+            self.threads[hook, message.message_id] = threading.current_thread()
+
+    def after_process_message(
+        self,
+        broker: dramatiq.Broker,
+        message: MessageProxy,
+        *,
+        result: Any | None = None,
+        exception: BaseException | None = None,
+    ) -> None:
+        self._record("after", message)
+
+    def before_ack(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
+        self._record("final", message)
+
+    def before_nack(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
+        self._record("final", message)
+
+
+async def test_dramatiq_post_processes_a_delivery_on_the_thread_that_ran_it(env: Env) -> None:
+    """WorkflowMiddleware hands a deferred completion or a failure from its after-hook to
+    before_ack/before_nack in a thread-local, and the ack shortcut's mark to the consumer's
+    ack: both rely on dramatiq running them on the worker thread that processed the message."""
+    # Given a probe of the hooks' threads, and a workflow whose last node fails for good
+    probe = ThreadProbe()
+    env.broker.add_middleware(probe)
+    t = declare_task(env)
+
+    def refuse(label: Any) -> None:
+        raise Expected(label)
+
+    a = env.actor(refuse, actor_name=f"refuse_{env.name}", throws=Expected)
+    env.worker()
+    # When it runs: five successes (acked) and one failure (nacked)
+    canvas = Chain(t.message("a"), Group(*[t.message(i) for i in range(4)]), a.message("x"))
+    status = await failed_after(env, canvas)
+    assert status.failed_node == 5
+    # Then each delivery's before_ack/before_nack ran on the worker thread that processed it
+    with probe.lock:
+        ran = {mid: th for (hook, mid), th in probe.threads.items() if hook == "after"}
+        final = {mid: th for (hook, mid), th in probe.threads.items() if hook == "final"}
+    assert len(ran) >= 7, ran  # six nodes and the on_failure callback
+    assert final.keys() >= ran.keys()
+    for mid, thread in ran.items():
+        assert isinstance(thread, WorkerThread), thread
+        assert final[mid] is thread, f"{mid}: processed on {thread}, acked on {final[mid]}"

@@ -18,20 +18,13 @@ import anyio
 import anyio.from_thread
 import anyio.to_thread
 import dramatiq
-import orjson
 
 from . import _codec
 from ._compiler import compile as compile_canvas
 from ._dag import Dag, ResultSpec, spec_nodes
-from ._dramatiq import (
-    as_callback,
-    direct_mode,
-    enqueue_released,
-    find_store,
-    queue_keys,
-    queue_keys_for,
-)
-from ._graph import Step, _check_step
+from ._dramatiq import Route, as_callback, direct_mode, route_for
+from ._graph import Step, _check_step  # pyright: ignore[reportPrivateUsage] - _graph's own check
+from ._middleware import find_store
 from ._plan import build_upload
 from ._status import Event, State, Transition, WorkflowStatus, status_from_meta
 from ._store._base import Loaded
@@ -150,39 +143,28 @@ class Workflow:
         broker, store = _resolve(broker, store)
         workflow_id = self.id or uuid.uuid4().hex
 
-        def prepare() -> tuple[Loaded, Any, list[str]]:
+        def prepare() -> tuple[Loaded, Any, Route]:
             dag = compile_canvas(self.canvas)
             _check_sizes(dag, self.max_message_bytes)
-            direct = direct_mode(store, broker)
             upload = build_upload(
                 workflow_id,
                 dag,
-                direct=direct,
+                direct=direct_mode(store, broker),
                 on_success=as_callback(self.on_success),
                 on_failure=as_callback(self.on_failure),
                 retention_ms=store.retention_ms,
                 now_ms=int(time.time() * 1000),
                 audit=self.audit,
             )
-            keys = (
-                queue_keys(getattr(broker, "namespace", "dramatiq"), upload.slots) if direct else []
-            )
-            callbacks = {
-                k: orjson.loads(str(upload.meta[f"cb_{k}"]))
-                for k in "sf"
-                if f"cb_{k}" in upload.meta
-            }
-            loaded = Loaded(dag, "d" if direct else "r", upload.slots, callbacks)
-            return loaded, upload, keys
+            callbacks = {str(kind): fields for kind, fields in upload.callbacks.items()}
+            loaded = Loaded(dag, str(upload.meta["mode"]), upload.slots, callbacks)
+            return loaded, upload, route_for(broker, workflow_id, loaded)
 
-        loaded, upload, keys = await anyio.to_thread.run_sync(prepare)
-        started = await store.aio().submit(workflow_id, upload, keys)
+        loaded, upload, route = await anyio.to_thread.run_sync(prepare)
+        started = await store.aio().submit(workflow_id, upload, route.queue_keys)
         handle = WorkflowHandle(workflow_id, broker=broker, store=store)
-        handle._cache = loaded
-        if loaded.mode == "r" and started.released:
-            await anyio.to_thread.run_sync(
-                enqueue_released, broker, workflow_id, loaded, started.released
-            )
+        handle._cache = (loaded, route)  # pyright: ignore[reportPrivateUsage] - primes its own handle
+        await route.send_async(started.released)
         return handle
 
     def run_sync(
@@ -212,17 +194,17 @@ class WorkflowHandle:
     ) -> None:
         self.id = id
         self.broker, self.store = _resolve(broker, store)
-        self._cache: Loaded | None = None
+        self._cache: tuple[Loaded, Route] | None = None
 
     def __repr__(self) -> str:
         return f"<WorkflowHandle {self.id}>"
 
-    async def _loaded(self) -> Loaded:
+    async def _loaded(self) -> tuple[Loaded, Route]:
         if self._cache is None:
             loaded = await self.store.aio().load(self.id)
             if loaded is None:
                 raise WorkflowNotFound(self.id)
-            self._cache = loaded
+            self._cache = (loaded, route_for(self.broker, self.id, loaded))
         return self._cache
 
     async def status(self) -> WorkflowStatus:
@@ -285,7 +267,7 @@ class WorkflowHandle:
             )
         if status.state is State.CANCELLED:
             raise WorkflowCancelled(self.id)
-        loaded = await self._loaded()
+        loaded, _ = await self._loaded()
         nodes = spec_nodes(loaded.dag.result)
         blobs = await self.store.aio().results(self.id, nodes)
         values = {
@@ -309,15 +291,11 @@ class WorkflowHandle:
                 return
 
     async def _control(self, op: str) -> Transition:
-        loaded = await self._loaded()
-        keys = queue_keys_for(self.broker, loaded)
-        done = await self.store.aio().control(op, self.id, keys)
+        _, route = await self._loaded()
+        done = await self.store.aio().control(op, self.id, route.queue_keys)
         if done.status == -1 or done.state is None:
             raise WorkflowNotFound(self.id)
-        if loaded.mode == "r" and done.released:
-            await anyio.to_thread.run_sync(
-                enqueue_released, self.broker, self.id, loaded, done.released
-            )
+        await route.send_async(done.released)
         return Transition(changed=done.status == 1, state=done.state, released=len(done.released))
 
     async def cancel(self) -> Transition:

@@ -58,9 +58,9 @@ from aioworkflow import (
     Workflow,
     WorkflowHandle,
     WorkflowMiddleware,
-    _dramatiq,
     _keys,
 )
+from aioworkflow._dramatiq import _enqueue
 from aioworkflow._machine import MetaField
 from aioworkflow._plan import OPTION
 from aioworkflow.errors import StoreConnectionError, StoreError, WorkflowTimeout
@@ -473,7 +473,7 @@ async def test_enqueues_lost_after_the_barrier_are_sent_by_the_reconciler(
                     kept.append(key)
         return kept
 
-    monkeypatch.setattr(_dramatiq, "fault_after_barrier", drop_some)
+    monkeypatch.setattr(_enqueue, "fault_after_barrier", drop_some)
     started = time.monotonic()
     async with rig(
         "rabbitmq", server.url, reconcile_interval=0.1, reconcile_age=RECONCILE_AGE

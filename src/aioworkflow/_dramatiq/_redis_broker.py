@@ -1,0 +1,134 @@
+"""What aioworkflow knows about dramatiq's RedisBroker, and the one place it is written down.
+
+The RedisBroker keeps, under its ``namespace``:
+
+* ``<ns>:<queue>``: the list of message ids waiting in a queue, and ``<ns>:<queue>.msgs``: the
+  hash of their payloads. Direct-mode scripts push released nodes into both (``queue_keys``).
+* ``<ns>:__acks__.<broker_id>.<queue>``: the ids a worker process fetched and has not acked;
+  ``<ns>:__heartbeats__``: the zset of worker processes' last heartbeats. ``complete.lua``
+  acks a delivery through these (``AckShortcut``), exactly as dramatiq's ``ack`` command would.
+
+The store never builds these names: it receives them as opaque keys.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, cast, final
+
+from aioworkflow._store._base import BrokerAck
+
+if TYPE_CHECKING:
+    import dramatiq
+    from dramatiq.broker import Consumer, MessageProxy
+
+    from aioworkflow._store._base import StoreBackend
+
+__all__ = ["AckShortcut", "mark_acked", "namespace_of", "queue_keys", "shares_store_redis"]
+
+#: RedisBroker's default namespace (used for brokers that do not say).
+DEFAULT_NAMESPACE = "dramatiq"
+#: Set on a MessageProxy whose delivery ``complete.lua`` already acked.
+_ACKED = "_aioworkflow_acked"
+
+
+def namespace_of(broker: dramatiq.Broker) -> str:
+    """The key prefix of ``broker``'s queues (a RedisBroker's ``namespace``)."""
+    return str(getattr(broker, "namespace", DEFAULT_NAMESPACE))
+
+
+def queue_keys(namespace: str, slots: list[str]) -> list[str]:
+    """dramatiq RedisBroker keys for each queue slot: the id list, then the message hash."""
+    out: list[str] = []
+    for queue in slots:
+        out += [f"{namespace}:{queue}", f"{namespace}:{queue}.msgs"]
+    return out
+
+
+def shares_store_redis(store: StoreBackend, broker: dramatiq.Broker) -> bool:
+    """Whether ``broker`` is a RedisBroker on the store's very Redis."""
+    client: object = getattr(broker, "client", None)
+    if not hasattr(broker, "namespace") or client is None:
+        return False
+    return store.shares_server(client)
+
+
+def mark_acked(message: MessageProxy) -> None:
+    """Record that ``complete.lua`` acked ``message``'s delivery (its consumer must not)."""
+    setattr(message, _ACKED, True)
+
+
+@final
+class AckShortcut:
+    """Lets ``complete.lua`` ack a RedisBroker delivery in the script that counts it.
+
+    ``install`` wraps the broker's consumers so that they skip their own ack of the deliveries
+    marked with :func:`mark_acked`; until then (or on another broker) ``ack_for`` says None and
+    dramatiq acks as usual.
+    """
+
+    def __init__(self) -> None:
+        self._broker: dramatiq.Broker | None = None
+        self._broker_id = ""
+        self._namespace = DEFAULT_NAMESPACE
+        # queue name -> (ack set, .msgs hash, heartbeats): built once per queue, not per task
+        self._keys: dict[str, tuple[str, str, str]] = {}
+
+    def install(self, store: StoreBackend, broker: dramatiq.Broker) -> bool:
+        """Enable the shortcut when ``broker`` is a RedisBroker on the store's Redis.
+
+        Returns:
+            Whether this call enabled it (once per process: a second call does nothing).
+        """
+        if self._broker is not None or not shares_store_redis(store, broker):
+            return False
+        _skip_acked_acks(broker)
+        self._broker_id = str(getattr(broker, "broker_id", ""))
+        self._namespace = namespace_of(broker)
+        self._broker = broker
+        return True
+
+    def ack_for(self, broker: dramatiq.Broker, message: MessageProxy) -> BrokerAck | None:
+        """What ``complete.lua`` needs to ack ``message`` itself (None: the broker acks)."""
+        redis_id: object = message.options.get("redis_message_id")
+        if broker is not self._broker or not isinstance(redis_id, str):
+            return None
+        queue: str = message.queue_name
+        keys = self._keys.get(queue)
+        if keys is None:
+            ns = self._namespace
+            keys = (
+                f"{ns}:__acks__.{self._broker_id}.{queue}",
+                f"{ns}:{queue}.msgs",
+                f"{ns}:__heartbeats__",
+            )
+            self._keys[queue] = keys  # racing threads write the same value
+        return BrokerAck(keys, redis_id, self._broker_id)
+
+
+def _skip_acked_acks(broker: dramatiq.Broker) -> None:
+    """Make ``broker``'s consumers skip the ack of deliveries ``complete.lua`` acked already.
+
+    Only a RedisBroker consumer that keeps the ``queued_message_ids`` set is wrapped (the ack
+    it skips would only have removed the id from that set and found nothing left to do in
+    Redis); any other consumer acks as usual, which stays correct, just one round trip dearer.
+    """
+    original = broker.consume
+
+    def consume(*args: Any, **kwargs: Any) -> Consumer:
+        consumer = original(*args, **kwargs)
+        ids: object = getattr(consumer, "queued_message_ids", None)
+        if not isinstance(ids, set):
+            return consumer
+        pending = cast("set[str]", ids)  # dramatiq's message ids of fetched deliveries
+        ack = consumer.ack
+
+        def ack_unless_done(message: MessageProxy) -> None:
+            if getattr(message, _ACKED, False):
+                pending.discard(message.message_id)
+            else:
+                ack(message)
+
+        consumer.ack = ack_unless_done  # type: ignore[method-assign]
+        return consumer
+
+    setattr(broker, "consume", consume)  # noqa: B010 - an instance attribute over the method
