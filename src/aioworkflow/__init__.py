@@ -29,43 +29,46 @@ from .errors import (
     WorkflowFailed,
     WorkflowNotFound,
     WorkflowTimeout,
+    WorkflowTooLarge,
 )
 
 __all__ = [
-    # errors
-    "AioWorkflowError",
-    # builders
+    # builders: describe work and compile it
     "Chain",
-    "ConfigurationError",
-    "Dag",
-    "DecodeError",
-    "Event",
     "Graph",
-    "GraphError",
     "Group",
+    "NodeRef",
+    "WithDelay",
+    "compile",
+    # client: start workflows and follow them
+    "SyncWorkflowHandle",
+    "Workflow",
+    "WorkflowHandle",
+    # integration: dramatiq middleware, encoder and stores
     "LZ4JSONEncoder",
     "MemoryStore",
-    "MessageTooLarge",
-    "Node",
-    "NodeRef",
     "RedisStore",
-    "ResultTooLarge",
+    "WorkflowMiddleware",
+    # values: what the calls above return
+    "Dag",
+    "Event",
+    "Node",
     "State",
+    "Transition",
+    "WorkflowStatus",
+    # errors: one tree rooted at AioWorkflowError
+    "AioWorkflowError",
+    "ConfigurationError",
+    "DecodeError",
+    "GraphError",
+    "MessageTooLarge",
+    "ResultTooLarge",
     "StoreConnectionError",
     "StoreError",
-    "SyncWorkflowHandle",
-    "Transition",
-    "WithDelay",
-    # client
-    "Workflow",
     "WorkflowCancelled",
     "WorkflowExists",
     "WorkflowFailed",
-    "WorkflowHandle",
-    # integration
-    "WorkflowMiddleware",
     "WorkflowNotFound",
-    "WorkflowStatus",
     "WorkflowTimeout",
-    "compile",
+    "WorkflowTooLarge",
 ]
