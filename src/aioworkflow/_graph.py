@@ -4,20 +4,44 @@
 that nesting cannot express. Leaves are dramatiq messages, recognised by shape (this module does
 not import dramatiq). Bad input raises :class:`~aioworkflow.errors.GraphError` here, at
 construction, which is the earliest point the user can act on it.
+
+Nesting is unbounded (issue 13): nothing here recurses over a canvas. ``describe`` looks at one
+level, and pickling flattens a whole canvas into one list of steps and build instructions
+(see :func:`_flatten`), so a chain nested 100,000 deep pickles, copies and compiles.
 """
 
 from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, final, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, cast, final, runtime_checkable
 
 from .errors import GraphError
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
 
-__all__ = ["Chain", "Graph", "Group", "MessageLike", "NodeRef", "Step", "WithDelay", "describe"]
+__all__ = [
+    "MAX_DELAY_MS",
+    "Chain",
+    "Graph",
+    "Group",
+    "MessageLike",
+    "NodeRef",
+    "Step",
+    "WithDelay",
+    "check_delay",
+    "check_step",
+    "describe",
+    "is_message",
+]
+
+#: The longest delay a step may carry, in milliseconds (about 317 years), summed over nested
+#: ``WithDelay`` steps. A released node's ETA is ``now_ms + delay``, computed in Redis Lua,
+#: whose numbers are doubles printed with ``%.14g``: only below 1e14 do they print as the
+#: integer dramatiq's consumers parse. ``now_ms`` is about 1.8e12 today, so 1e13 leaves room
+#: until the year 4800, and keeps every ETA far below 2**53 (exact as a double and in JSON).
+MAX_DELAY_MS = 10**13
 
 
 @runtime_checkable
@@ -40,14 +64,20 @@ Step: TypeAlias = "MessageLike | Chain | Group | WithDelay | Graph"
 
 
 def describe(step: object) -> str:
-    """A short human name for a step, used in error messages."""
+    """A short human name for a step, used in error messages (never recursive: nested delays
+    are summed into one ``WithDelay``)."""
+    if isinstance(step, WithDelay):
+        total, depth = 0, 0
+        inner: object = step
+        while isinstance(inner, WithDelay):
+            total, depth, inner = total + inner.delay, depth + 1, inner.step
+        nested = f", {depth} nested" if depth > 1 else ""
+        return f"WithDelay({describe(inner)}, delay={total}{nested})"
     if isinstance(step, Chain | Group):
         return f"{type(step).__name__}({len(step.steps)} steps)"
-    if isinstance(step, WithDelay):
-        return f"WithDelay({describe(step.step)}, delay={step.delay})"
     if isinstance(step, Graph):
         return f"Graph({len(step)} nodes)"
-    if _is_message(step):
+    if is_message(step):
         actor, queue = getattr(step, "actor_name", "?"), getattr(step, "queue_name", "?")
         return f"{actor}(...) on queue {queue!r}"
     return repr(step)[:80]
@@ -57,23 +87,45 @@ _FIELDS = ("queue_name", "actor_name", "args", "kwargs", "options")
 _message_types: dict[type, bool] = {}
 
 
-def _is_message(obj: object) -> bool:
+def is_message(obj: object) -> bool:
     """Whether ``obj`` has the shape of a dramatiq Message (cached per type: this is hot)."""
     known = _message_types.get(type(obj))
     if known is None:
         known = all(hasattr(obj, f) for f in _FIELDS) and not isinstance(obj, type)
         if len(_message_types) < 64:
             _message_types[type(obj)] = known
-    return known and isinstance(obj.actor_name, str)  # type: ignore[attr-defined]
+    return known and isinstance(getattr(obj, "actor_name", None), str)
 
 
-def _check_step(step: object, where: str) -> None:
-    if type(step) in _STEP_TYPES or _is_message(step):
+def check_step(step: object, where: str) -> None:
+    """Raise :class:`GraphError` naming ``where`` unless ``step`` is a step."""
+    if type(step) in _STEP_TYPES or is_message(step):
         return
     raise GraphError(
         f"{where}: {step!r} is not a step; expected a dramatiq Message (actor.message(...)), "
         "Chain, Group, WithDelay or Graph"
     )
+
+
+def check_delay(delay: object, where: str) -> int:
+    """``delay`` if it is a delay dramatiq can schedule, else a :class:`GraphError`.
+
+    A delay is an ``int`` (not a ``bool``) of milliseconds, ``0 <= delay <=``
+    :data:`MAX_DELAY_MS`: a float, NaN or infinity would reach the workers as an ETA they
+    cannot parse.
+    """
+    if type(delay) is not int or not 0 <= delay <= MAX_DELAY_MS:
+        shown = repr(delay) if len(repr(delay)) <= 40 else f"{repr(delay)[:37]}..."
+        raise GraphError(
+            f"{where}: delay must be an integer number of milliseconds from 0 to "
+            f"{MAX_DELAY_MS} (about 317 years), got {shown}"
+        )
+    return delay
+
+
+# Kept for callers of the earlier private names (``_client`` uses ``_check_step``).
+_is_message = is_message
+_check_step = check_step
 
 
 @final
@@ -91,9 +143,12 @@ class Chain:
 
     def __init__(self, *steps: Step, pipe: bool = False) -> None:
         for i, step in enumerate(steps):
-            _check_step(step, f"Chain step {i}")
+            check_step(step, f"Chain step {i}")
         object.__setattr__(self, "steps", tuple(steps))
         object.__setattr__(self, "pipe", bool(pipe))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _unflatten, (_flatten(self),)
 
 
 @final
@@ -110,8 +165,11 @@ class Group:
 
     def __init__(self, *branches: Step) -> None:
         for i, step in enumerate(branches):
-            _check_step(step, f"Group branch {i}")
+            check_step(step, f"Group branch {i}")
         object.__setattr__(self, "steps", tuple(branches))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _unflatten, (_flatten(self),)
 
 
 @final
@@ -121,27 +179,24 @@ class WithDelay:
 
     Args:
         step: the delayed step (its first tasks carry the delay).
-        delay: milliseconds, a non-negative integer.
+        delay: milliseconds, an integer from 0 to :data:`MAX_DELAY_MS` (nested delays add up,
+            and their sum is held to the same bound by ``compile()``).
     """
 
     step: Step
     delay: int
 
     def __init__(self, step: Step, *, delay: int) -> None:
-        _check_step(step, "WithDelay")
-        if isinstance(delay, bool) or not isinstance(delay, int) or delay < 0:  # type: ignore[redundant-expr]  # runtime check of untyped input
-            raise GraphError(
-                f"WithDelay({describe(step)}): delay must be a non-negative integer number of "
-                f"milliseconds, got {delay!r}"
-            )
+        check_step(step, "WithDelay")
+        delay = check_delay(delay, f"WithDelay({describe(step)})")
         object.__setattr__(self, "step", step)
         object.__setattr__(self, "delay", delay)
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _unflatten, (_flatten(self),)
+
 
 _graph_ids = itertools.count(1)
-
-
-_STEP_TYPES: frozenset[type] = frozenset()  # filled in below, once the classes exist
 
 
 @final
@@ -198,7 +253,7 @@ class Graph:
             GraphError: the step is not a step, or a reference is foreign or unknown.
         """
         index = len(self._steps)
-        _check_step(step, f"Graph node {index}")
+        check_step(step, f"Graph node {index}")
         preds = [self._resolve(ref, f"Graph node {index} ({describe(step)})") for ref in after]
         self._steps.append(step)
         self._after.append(preds)
@@ -217,5 +272,95 @@ class Graph:
         """The steps and, for each, the indices of the steps it waits for."""
         return tuple(self._steps), tuple(tuple(a) for a in self._after)
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _unflatten, (_flatten(self),)
+
 
 _STEP_TYPES = frozenset({Chain, Group, WithDelay, Graph})
+
+# -- pickling without recursion --------------------------------------------------------------
+# A canvas pickles as one flat list, built and rebuilt with explicit stacks (pickle itself
+# recurses once per nesting level and fails a few hundred levels down). In post-order, a
+# message stands for itself, and an _Op builds a step from the steps on top of the stack:
+# "c" a Chain of n, "g" a Group of n, "d" a WithDelay of delay n, "r" a Graph of n steps and
+# their afters; "s" pushes the n-th step built so far again, so a sub-canvas used twice is
+# flattened once and stays shared.
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class _Op:
+    kind: str
+    n: int
+    pipe: bool = False
+    afters: tuple[tuple[int, ...], ...] = ()
+
+
+def _flatten(root: Step) -> list[object]:
+    out: list[object] = []
+    built: dict[int, int] = {}  # id(step) -> its index among built steps
+    keep: list[object] = []  # holds the flattened steps, so their ids stay theirs
+    stack: list[tuple[object, bool]] = [(root, False)]
+    while stack:
+        step, children_done = stack.pop()
+        if type(step) not in _STEP_TYPES:
+            out.append(step)
+            continue
+        if id(step) in built:
+            out.append(_Op("s", built[id(step)]))
+            continue
+        if not children_done:
+            stack.append((step, True))
+            children: tuple[object, ...]
+            if isinstance(step, WithDelay):
+                children = (step.step,)
+            elif isinstance(step, Graph):
+                children = step.snapshot()[0]
+            else:
+                children = cast("Chain | Group", step).steps
+            stack.extend((c, False) for c in reversed(children))
+            continue
+        if isinstance(step, Chain):
+            out.append(_Op("c", len(step.steps), pipe=step.pipe))
+        elif isinstance(step, Group):
+            out.append(_Op("g", len(step.steps)))
+        elif isinstance(step, WithDelay):
+            out.append(_Op("d", step.delay))
+        else:
+            graph = cast("Graph", step)
+            out.append(_Op("r", len(graph), afters=graph.snapshot()[1]))
+        built[id(step)] = len(built)
+        keep.append(step)
+    return out
+
+
+def _unflatten(flat: list[object]) -> Step:
+    stack: list[Any] = []
+    built: list[Step] = []
+    for op in flat:
+        if not isinstance(op, _Op):
+            stack.append(op)
+            continue
+        if op.kind == "s":
+            stack.append(built[op.n])
+            continue
+        if op.kind == "d":
+            step: Step = WithDelay(stack.pop(), delay=op.n)
+        else:
+            parts = stack[len(stack) - op.n :]
+            del stack[len(stack) - op.n :]
+            if op.kind == "c":
+                step = Chain(*parts, pipe=op.pipe)
+            elif op.kind == "g":
+                step = Group(*parts)
+            else:
+                graph = Graph()
+                refs = [graph.add(p) for p in parts]
+                for v, after in enumerate(op.afters):
+                    for u in after:
+                        graph.edge(refs[u], refs[v])
+                step = graph
+        built.append(step)
+        stack.append(step)
+    (root,) = stack
+    return cast("Step", root)
