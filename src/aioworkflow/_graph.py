@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, cast, final, runtime
 from .errors import GraphError
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Mapping
+    from collections.abc import Callable, Iterable, Mapping
 
 __all__ = [
     "MAX_DELAY_MS",
@@ -107,15 +107,16 @@ def check_step(step: object, where: str) -> None:
     )
 
 
-def check_delay(delay: object, where: str) -> int:
+def check_delay(delay: object, where: str | Callable[[], str]) -> int:
     """``delay`` if it is a delay dramatiq can schedule, else a :class:`GraphError`.
 
     A delay is an ``int`` (not a ``bool``) of milliseconds, ``0 <= delay <=``
     :data:`MAX_DELAY_MS`: a float, NaN or infinity would reach the workers as an ETA they
-    cannot parse.
+    cannot parse. ``where`` names the step in the error (a callable is only called then).
     """
     if type(delay) is not int or not 0 <= delay <= MAX_DELAY_MS:
         shown = repr(delay) if len(repr(delay)) <= 40 else f"{repr(delay)[:37]}..."
+        where = where if isinstance(where, str) else where()
         raise GraphError(
             f"{where}: delay must be an integer number of milliseconds from 0 to "
             f"{MAX_DELAY_MS} (about 317 years), got {shown}"
@@ -188,7 +189,7 @@ class WithDelay:
 
     def __init__(self, step: Step, *, delay: int) -> None:
         check_step(step, "WithDelay")
-        delay = check_delay(delay, f"WithDelay({describe(step)})")
+        delay = check_delay(delay, lambda: f"WithDelay({describe(step)})")
         object.__setattr__(self, "step", step)
         object.__setattr__(self, "delay", delay)
 
