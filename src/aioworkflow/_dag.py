@@ -61,30 +61,39 @@ class FrozenDict(dict[_K, _V]):
     __slots__ = ()
 
     def __setitem__(self, *_: object) -> NoReturn:
+        """Raises ``TypeError``: the container is immutable."""
         _immutable(self)
 
     def __delitem__(self, *_: object) -> NoReturn:
+        """Raises ``TypeError``: the container is immutable."""
         _immutable(self)
 
     def __ior__(self, *_: object) -> NoReturn:  # type: ignore[misc]  # raises instead
+        """Raises ``TypeError``: the container is immutable."""
         _immutable(self)
 
     def clear(self) -> NoReturn:
+        """Raises ``TypeError``: the container is immutable."""
         _immutable(self)
 
     def pop(self, *_: object) -> NoReturn:
+        """Raises ``TypeError``: the container is immutable."""
         _immutable(self)
 
     def popitem(self) -> NoReturn:
+        """Raises ``TypeError``: the container is immutable."""
         _immutable(self)
 
     def setdefault(self, *_: object) -> NoReturn:
+        """Raises ``TypeError``: the container is immutable."""
         _immutable(self)
 
     def update(self, *_: object, **__: object) -> NoReturn:
+        """Raises ``TypeError``: the container is immutable."""
         _immutable(self)
 
     def __reduce__(self) -> tuple[object, ...]:
+        """Pickles as a plain dict handed to the constructor (no ``__setitem__`` calls)."""
         return FrozenDict, (dict(self),)
 
     def __repr__(self) -> str:
@@ -98,42 +107,55 @@ class FrozenList(list[_T]):
     __slots__ = ()
 
     def __setitem__(self, *_: object) -> NoReturn:
+        """Raises ``TypeError``: the container is immutable."""
         _immutable(self)
 
     def __delitem__(self, *_: object) -> NoReturn:
+        """Raises ``TypeError``: the container is immutable."""
         _immutable(self)
 
     def __iadd__(self, *_: object) -> NoReturn:  # type: ignore[misc]  # raises instead
+        """Raises ``TypeError``: the container is immutable."""
         _immutable(self)
 
     def __imul__(self, *_: object) -> NoReturn:
+        """Raises ``TypeError``: the container is immutable."""
         _immutable(self)
 
     def append(self, *_: object) -> NoReturn:
+        """Raises ``TypeError``: the container is immutable."""
         _immutable(self)
 
     def extend(self, *_: object) -> NoReturn:
+        """Raises ``TypeError``: the container is immutable."""
         _immutable(self)
 
     def insert(self, *_: object) -> NoReturn:
+        """Raises ``TypeError``: the container is immutable."""
         _immutable(self)
 
     def pop(self, *_: object) -> NoReturn:
+        """Raises ``TypeError``: the container is immutable."""
         _immutable(self)
 
     def remove(self, *_: object) -> NoReturn:
+        """Raises ``TypeError``: the container is immutable."""
         _immutable(self)
 
     def clear(self) -> NoReturn:
+        """Raises ``TypeError``: the container is immutable."""
         _immutable(self)
 
     def sort(self, *_: object, **__: object) -> NoReturn:
+        """Raises ``TypeError``: the container is immutable."""
         _immutable(self)
 
     def reverse(self) -> NoReturn:
+        """Raises ``TypeError``: the container is immutable."""
         _immutable(self)
 
     def __reduce__(self) -> tuple[object, ...]:
+        """Pickles as a plain list handed to the constructor (no ``append`` calls)."""
         return FrozenList, (list(self),)
 
     def __repr__(self) -> str:
