@@ -52,7 +52,11 @@ def tests(session: nox.Session) -> None:
         "--cov=aioworkflow",
         "--cov-report=term-missing:skip-covered",
         *session.posargs,
-        env={"AIOWF_CHAOS_SCALE": "short"},
+        env={
+            "AIOWF_CHAOS_SCALE": "short",
+            # the data file stays in the session's virtualenv (under .nox/, not in git's view)
+            "COVERAGE_FILE": str(Path(session.virtualenv.location) / ".coverage"),
+        },
     )
 
 

@@ -105,40 +105,35 @@ def _measure(root: Step) -> tuple[int, int]:
     memo: dict[int, tuple[int, int]] = {}
     keep: list[Step] = []  # holds the measured steps, so their ids stay theirs
     active: set[int] = set()
-    stack: list[tuple[Step, bool]] = [(root, False)]
+    # (step, None) on the way down; (step, its children) on the way up
+    stack: list[tuple[Step, tuple[Step, ...] | None]] = [(root, None)]
     while stack:
-        step, ready = stack.pop()
+        step, kids = stack.pop()
         key = id(step)
-        if key in memo:
-            continue
-        children = _children(step)
-        if not ready:
+        if kids is None:
+            if key in memo:
+                continue
             if key in active:
                 raise GraphError(f"{describe(step)} contains itself")
             active.add(key)
             keep.append(step)
-            stack.append((step, True))
-            stack.extend((c, False) for c in children if type(c) in _COMPOSITES)
+            kids = _children(step)
+            stack.append((step, kids))
+            stack.extend([(c, None) for c in kids if type(c) in _COMPOSITES])
             continue
         active.discard(key)
-        count, depths = 0, list[int]()
-        for c in children:
-            if type(c) in _COMPOSITES:
-                c_count, c_depth = memo[id(c)]
-                count += c_count
-                depths.append(c_depth)
-            else:
-                count += 1
-                depths.append(0)
-        if isinstance(step, Group):
-            depth = 1 + max(depths, default=0)
-        elif isinstance(step, Graph):
-            afters = step.snapshot()[1]
+        parts = [memo[id(c)] for c in kids if type(c) in _COMPOSITES]
+        count = len(kids) - len(parts) + sum(c for c, _ in parts)
+        kind = type(step)
+        if kind is Group:
+            depth = 1 + max((d for _, d in parts), default=0)
+        elif kind is Graph:
+            afters = cast("Graph", step).snapshot()[1]
             depended = {p for a in afters for p in a}
-            sinks = [d for i, d in enumerate(depths) if i not in depended]
-            depth = 1 + max(sinks, default=0)
+            depths = [memo[id(c)][1] if type(c) in _COMPOSITES else 0 for c in kids]
+            depth = 1 + max((d for i, d in enumerate(depths) if i not in depended), default=0)
         else:  # a Chain's result is its last step's, a WithDelay's its step's
-            depth = depths[-1] if depths else 0
+            depth = memo[id(kids[-1])][1] if kids and type(kids[-1]) in _COMPOSITES else 0
         memo[key] = (count, depth)
     return memo[id(root)]
 
