@@ -255,7 +255,9 @@ class Dag:
     shapes: tuple[tuple[str, str, FrozenDict[str, Any]], ...]
     shape_of: tuple[int, ...]
     args: tuple[tuple[Any, ...], ...]
-    kwargs: FrozenDict[int, FrozenDict[str, Any]]
+    #: Values are FrozenDicts at run time; declared as ``dict`` so that ``kwargs.get(i, {})``
+    #: infers ``dict[str, Any]`` under pyright too.
+    kwargs: FrozenDict[int, dict[str, Any]]
     delays: FrozenDict[int, int]
     pipes: FrozenDict[int, ResultSpec]
     n_joins: int
@@ -325,7 +327,7 @@ class Dag:
             actor,
             queue,
             self.args[i],
-            self.kwargs.get(i, _EMPTY),
+            cast("FrozenDict[str, Any]", self.kwargs.get(i, _EMPTY)),
             options,
             self.delays.get(i, 0),
             self.pipes.get(i),
@@ -394,7 +396,7 @@ def make_dag(
     shapes: tuple[tuple[str, str, FrozenDict[str, Any]], ...],
     shape_of: tuple[int, ...],
     args: tuple[tuple[Any, ...], ...],
-    kwargs: FrozenDict[int, FrozenDict[str, Any]],
+    kwargs: FrozenDict[int, dict[str, Any]],
     delays: FrozenDict[int, int],
     pipes: FrozenDict[int, ResultSpec],
     n_joins: int,
