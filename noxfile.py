@@ -27,6 +27,7 @@ PYRIGHT_READY = [
         "_encoder",
         "_graph",
         "_redact",
+        "_walk",
         "cli",
         "errors",
     )

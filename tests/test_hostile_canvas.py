@@ -44,9 +44,13 @@ def t(label: Any, *piped: Any) -> None:
     """A task (never run)."""
 
 
-def nest(kind: str, depth: int) -> Step:
-    """One message inside ``depth`` levels of ``kind``."""
-    step: Step = t.message(0)
+#: The message beside each chain level of a "mixed" nesting (one object, used many times).
+SIBLING = t.message(1)
+
+
+def nest(kind: str, depth: int, leaf: Any = None) -> Step:
+    """One message (``leaf``, or a new one) inside ``depth`` levels of ``kind``."""
+    step: Step = leaf if leaf is not None else t.message(0)
     for _ in range(depth):
         if kind == "chain":
             step = Chain(step)
@@ -61,7 +65,7 @@ def nest(kind: str, depth: int) -> Step:
         elif kind == "group-in-chain":
             step = Chain(t.message(1), Group(step))
         else:  # alternating chains (with a sibling) and delays
-            step = Chain(t.message(1), step) if len(kind) % 2 else WithDelay(step, delay=1)
+            step = Chain(SIBLING, step) if len(kind) % 2 else WithDelay(step, delay=1)
             kind += "x"
     return step
 
@@ -130,6 +134,44 @@ class TestDeepNesting:
     def test_the_cli_renders_a_deep_canvas(self, capsys: pytest.CaptureFixture[str]) -> None:
         assert main(["graph", "tests.test_hostile_canvas:deep_chain"]) == 0
         assert capsys.readouterr().out == "1 tasks, 0 joins, 0 edges\n0: t(0)\n"
+
+    @pytest.mark.parametrize("depth", DEPTHS)
+    @pytest.mark.parametrize("kind", ["chain", "group", "delay", "mixed"])
+    def test_compares_hashes_and_prints(self, kind: str, depth: int) -> None:
+        leaf = t.message(0)
+        one, two = nest(kind, depth, leaf), nest(kind, depth, leaf)
+        assert one == two
+        assert one == pickle.loads(pickle.dumps(one))
+        assert one != nest(kind, depth - 1, leaf)
+        assert one != nest(kind, depth)  # another message at the bottom
+        with pytest.raises(TypeError, match="unhashable"):  # a message's options dict
+            hash(one)
+        text = repr(one)
+        assert text.startswith(("Chain(", "Group(", "WithDelay("))
+        assert text.endswith("...)")
+        assert len(text) < 5_000
+
+    def test_equality_hash_and_repr_of_small_canvases(self) -> None:
+        a, b = t.message(1), t.message(2)
+        assert Chain(a, b, pipe=True) == Chain(a, b, pipe=True)
+        assert Chain(a, b) != Chain(a, b, pipe=True)
+        assert Chain(a, b) != Group(a, b)
+        assert WithDelay(a, delay=1) != WithDelay(a, delay=2)
+        assert Group(a, Chain(b)) != Group(a, Chain(a))
+        g = Graph()
+        assert Chain(g) == Chain(g)
+        assert Chain(g) != Chain(Graph())  # a Graph equals only itself
+        assert Chain() == Chain()
+        assert hash(Chain()) == hash(Chain())
+        assert hash(Group(Chain(), WithDelay(Group(), delay=3))) == hash(
+            Group(Chain(), WithDelay(Group(), delay=3))
+        )
+        assert len({Chain(), Group(), Chain(pipe=True), Chain()}) == 3
+        assert repr(Chain(Group(), WithDelay(Chain(), delay=5), pipe=True)) == (
+            "Chain(Group(), WithDelay(Chain(), delay=5), pipe=True)"
+        )
+        assert repr(Chain(a)) == f"Chain({a!r})"
+        assert repr(Group(g)) == "Group(Graph(0 nodes))"
 
     def test_shared_sub_canvases_pickle_once_and_stay_shared(self) -> None:
         inner = Group(t.message(1), t.message(2))

@@ -6,15 +6,15 @@ not import dramatiq). Bad input raises :class:`~aioworkflow.errors.GraphError` h
 construction, which is the earliest point the user can act on it.
 
 Nesting is unbounded (issue 13): nothing here recurses over a canvas. ``describe`` looks at one
-level, and pickling flattens a whole canvas into one list of steps and build instructions
-(see :func:`_flatten`), so a chain nested 100,000 deep pickles, copies and compiles.
+level; pickling, ``==``, ``hash`` and ``repr`` walk the canvas with their own stack (in
+``_walk``), so a chain nested 100,000 deep pickles, copies, compares, prints and compiles.
 """
 
 from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, cast, final, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, final, runtime_checkable
 
 from .errors import GraphError
 
@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MAX_DELAY_MS",
+    "STEP_TYPES",
     "Chain",
     "Graph",
     "Group",
@@ -99,7 +100,7 @@ def is_message(obj: object) -> bool:
 
 def check_step(step: object, where: str) -> None:
     """Raise :class:`GraphError` naming ``where`` unless ``step`` is a step."""
-    if type(step) in _STEP_TYPES or is_message(step):
+    if type(step) in STEP_TYPES or is_message(step):
         return
     raise GraphError(
         f"{where}: {step!r} is not a step; expected a dramatiq Message (actor.message(...)), "
@@ -130,7 +131,7 @@ _check_step = check_step
 
 
 @final
-@dataclass(frozen=True, slots=True, init=False)
+@dataclass(frozen=True, slots=True, init=False, eq=False, repr=False)
 class Chain:
     """Steps that run one after another.
 
@@ -148,12 +149,33 @@ class Chain:
         object.__setattr__(self, "steps", tuple(steps))
         object.__setattr__(self, "pipe", bool(pipe))
 
+    def __eq__(self, other: object) -> bool:
+        """Structural equality, compared without recursion (any nesting depth)."""
+        from ._walk import equal
+
+        return equal(self, other) if type(other) is type(self) else NotImplemented
+
+    def __hash__(self) -> int:
+        """Hashes the whole canvas without recursion (messages with dict fields do not hash)."""
+        from ._walk import hash_of
+
+        return hash_of(self)
+
+    def __repr__(self) -> str:
+        """The constructor call, shortened beyond a few thousand characters (any depth)."""
+        from ._walk import shown
+
+        return shown(self)
+
     def __reduce__(self) -> tuple[Any, ...]:
-        return _unflatten, (_flatten(self),)
+        """Pickles as one flat list (see ``_walk``): any nesting depth pickles."""
+        from ._walk import flatten, unflatten
+
+        return unflatten, (flatten(self),)
 
 
 @final
-@dataclass(frozen=True, slots=True, init=False)
+@dataclass(frozen=True, slots=True, init=False, eq=False, repr=False)
 class Group:
     """Branches that run in parallel; the group ends when every branch has ended.
 
@@ -169,12 +191,33 @@ class Group:
             check_step(step, f"Group branch {i}")
         object.__setattr__(self, "steps", tuple(branches))
 
+    def __eq__(self, other: object) -> bool:
+        """Structural equality, compared without recursion (any nesting depth)."""
+        from ._walk import equal
+
+        return equal(self, other) if type(other) is type(self) else NotImplemented
+
+    def __hash__(self) -> int:
+        """Hashes the whole canvas without recursion (messages with dict fields do not hash)."""
+        from ._walk import hash_of
+
+        return hash_of(self)
+
+    def __repr__(self) -> str:
+        """The constructor call, shortened beyond a few thousand characters (any depth)."""
+        from ._walk import shown
+
+        return shown(self)
+
     def __reduce__(self) -> tuple[Any, ...]:
-        return _unflatten, (_flatten(self),)
+        """Pickles as one flat list (see ``_walk``): any nesting depth pickles."""
+        from ._walk import flatten, unflatten
+
+        return unflatten, (flatten(self),)
 
 
 @final
-@dataclass(frozen=True, slots=True, init=False)
+@dataclass(frozen=True, slots=True, init=False, eq=False, repr=False)
 class WithDelay:
     """A step whose start is delayed by ``delay`` milliseconds after it is released.
 
@@ -193,8 +236,29 @@ class WithDelay:
         object.__setattr__(self, "step", step)
         object.__setattr__(self, "delay", delay)
 
+    def __eq__(self, other: object) -> bool:
+        """Structural equality, compared without recursion (any nesting depth)."""
+        from ._walk import equal
+
+        return equal(self, other) if type(other) is type(self) else NotImplemented
+
+    def __hash__(self) -> int:
+        """Hashes the whole canvas without recursion (messages with dict fields do not hash)."""
+        from ._walk import hash_of
+
+        return hash_of(self)
+
+    def __repr__(self) -> str:
+        """The constructor call, shortened beyond a few thousand characters (any depth)."""
+        from ._walk import shown
+
+        return shown(self)
+
     def __reduce__(self) -> tuple[Any, ...]:
-        return _unflatten, (_flatten(self),)
+        """Pickles as one flat list (see ``_walk``): any nesting depth pickles."""
+        from ._walk import flatten, unflatten
+
+        return unflatten, (flatten(self),)
 
 
 _graph_ids = itertools.count(1)
@@ -274,94 +338,11 @@ class Graph:
         return tuple(self._steps), tuple(tuple(a) for a in self._after)
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return _unflatten, (_flatten(self),)
+        """Pickles as one flat list (see ``_walk``): any nesting depth pickles."""
+        from ._walk import flatten, unflatten
+
+        return unflatten, (flatten(self),)
 
 
-_STEP_TYPES = frozenset({Chain, Group, WithDelay, Graph})
-
-# -- pickling without recursion --------------------------------------------------------------
-# A canvas pickles as one flat list, built and rebuilt with explicit stacks (pickle itself
-# recurses once per nesting level and fails a few hundred levels down). In post-order, a
-# message stands for itself, and an _Op builds a step from the steps on top of the stack:
-# "c" a Chain of n, "g" a Group of n, "d" a WithDelay of delay n, "r" a Graph of n steps and
-# their afters; "s" pushes the n-th step built so far again, so a sub-canvas used twice is
-# flattened once and stays shared.
-
-
-@final
-@dataclass(frozen=True, slots=True)
-class _Op:
-    kind: str
-    n: int
-    pipe: bool = False
-    afters: tuple[tuple[int, ...], ...] = ()
-
-
-def _flatten(root: Step) -> list[object]:
-    out: list[object] = []
-    built: dict[int, int] = {}  # id(step) -> its index among built steps
-    keep: list[object] = []  # holds the flattened steps, so their ids stay theirs
-    stack: list[tuple[object, bool]] = [(root, False)]
-    while stack:
-        step, children_done = stack.pop()
-        if type(step) not in _STEP_TYPES:
-            out.append(step)
-            continue
-        if id(step) in built:
-            out.append(_Op("s", built[id(step)]))
-            continue
-        if not children_done:
-            stack.append((step, True))
-            children: tuple[object, ...]
-            if isinstance(step, WithDelay):
-                children = (step.step,)
-            elif isinstance(step, Graph):
-                children = step.snapshot()[0]
-            else:
-                children = cast("Chain | Group", step).steps
-            stack.extend((c, False) for c in reversed(children))
-            continue
-        if isinstance(step, Chain):
-            out.append(_Op("c", len(step.steps), pipe=step.pipe))
-        elif isinstance(step, Group):
-            out.append(_Op("g", len(step.steps)))
-        elif isinstance(step, WithDelay):
-            out.append(_Op("d", step.delay))
-        else:
-            graph = cast("Graph", step)
-            out.append(_Op("r", len(graph), afters=graph.snapshot()[1]))
-        built[id(step)] = len(built)
-        keep.append(step)
-    return out
-
-
-def _unflatten(flat: list[object]) -> Step:
-    stack: list[Any] = []
-    built: list[Step] = []
-    for op in flat:
-        if not isinstance(op, _Op):
-            stack.append(op)
-            continue
-        if op.kind == "s":
-            stack.append(built[op.n])
-            continue
-        if op.kind == "d":
-            step: Step = WithDelay(stack.pop(), delay=op.n)
-        else:
-            parts = stack[len(stack) - op.n :]
-            del stack[len(stack) - op.n :]
-            if op.kind == "c":
-                step = Chain(*parts, pipe=op.pipe)
-            elif op.kind == "g":
-                step = Group(*parts)
-            else:
-                graph = Graph()
-                refs = [graph.add(p) for p in parts]
-                for v, after in enumerate(op.afters):
-                    for u in after:
-                        graph.edge(refs[u], refs[v])
-                step = graph
-        built.append(step)
-        stack.append(step)
-    (root,) = stack
-    return cast("Step", root)
+#: The composite step classes (a leaf is anything message-shaped).
+STEP_TYPES = frozenset({Chain, Group, WithDelay, Graph})
