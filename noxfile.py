@@ -25,6 +25,7 @@ PYRIGHT_READY = [
         "_dag",
         "_demo",
         "_encoder",
+        "_frozen",
         "_graph",
         "_redact",
         "_walk",
