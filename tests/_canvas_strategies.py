@@ -257,12 +257,24 @@ class _Reference:
 
 
 def evaluate(spec: ResultSpec, labels: list[int]) -> Any:
-    """The value a compiled result spec stands for when every node returns its label."""
-    if isinstance(spec, int):
-        return labels[spec]
-    if isinstance(spec, list):
-        return [evaluate(s, labels) for s in spec]
-    return None
+    """The value a compiled result spec stands for when every node returns its label.
+
+    Iterative, so a spec nested 100,000 levels deep evaluates too.
+    """
+    if not isinstance(spec, list):
+        return labels[spec] if isinstance(spec, int) else None
+    root: list[Any] = []
+    stack: list[tuple[list[ResultSpec], list[Any]]] = [(spec, root)]
+    while stack:
+        items, out = stack.pop()
+        for item in items:
+            if isinstance(item, list):
+                sub: list[Any] = []
+                out.append(sub)
+                stack.append((item, sub))
+            else:
+                out.append(labels[item] if isinstance(item, int) else None)
+    return root
 
 
 def required_order(canvas: Any) -> tuple[list[int], set[tuple[int, int]]]:

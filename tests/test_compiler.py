@@ -267,6 +267,20 @@ class TestGraphErrors:
         with pytest.raises(GraphError, match=r"q\(\.\.\.\) on queue 'slow'.*JSON"):
             compile(Chain(t.message(1), q.message_with_options(args=(1,), kwargs={"k": bad})))
 
+    def test_a_value_at_orjsons_depth_limit_is_a_graph_error(self) -> None:
+        def nested(depth: int) -> Any:
+            value: Any = 0
+            for _ in range(depth):
+                value = [value]
+            return value
+
+        # 252 levels encode alone, but not inside the compiler's columns (one level more)
+        with pytest.raises(GraphError, match="cannot be encoded as JSON together"):
+            compile(t.message(nested(252)))
+        with pytest.raises(GraphError, match=r"t\(\.\.\.\).*cannot be encoded as JSON"):
+            compile(t.message(nested(253)))
+        assert compile(t.message(nested(251))).node(0).args == (nested(251),)
+
     def test_none_and_finite_floats_are_fine(self) -> None:
         dag = compile(Group(t.message(None, 1.5), t.message(0, k=[None, 1e300])))
         assert [(n.args, n.kwargs) for n in dag.nodes] == [

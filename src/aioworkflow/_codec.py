@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import marshal
 import math
-from typing import Any
+from typing import Any, cast
 
 import lz4.frame
 import orjson
@@ -26,6 +26,7 @@ __all__ = [
     "COMPRESS_MIN",
     "MAGIC",
     "VERSION",
+    "as_bytes",
     "dumps_json",
     "has_nonfinite",
     "inflate",
@@ -78,17 +79,17 @@ def _marshal_may_hold_nonfinite(raw: bytes) -> bool:
     return False
 
 
-def _walk_nonfinite(obj: Any) -> bool:
-    stack = [obj]
+def _walk_nonfinite(obj: object) -> bool:
+    stack: list[object] = [obj]
     while stack:
         item = stack.pop()
         if isinstance(item, float):
             if not math.isfinite(item):
                 return True
         elif isinstance(item, list | tuple):
-            stack.extend(item)
+            stack.extend(cast("list[object] | tuple[object, ...]", item))
         elif isinstance(item, dict):
-            stack.extend(item.values())
+            stack.extend(cast("dict[object, object]", item).values())
     return False
 
 
@@ -142,7 +143,17 @@ def inflate(frame: bytes, limit: int = MAX_INFLATED) -> bytes:
     return out
 
 
-def unpack(data: bytes, *, limit: int = MAX_INFLATED) -> Any:
+def as_bytes(data: object) -> bytes:
+    """``data`` as ``bytes`` if it is bytes-like, else a :class:`DecodeError` (stored data
+    comes from outside: a foreign key type or a client without ``decode_responses``)."""
+    if isinstance(data, bytes):
+        return data
+    if isinstance(data, bytearray | memoryview):
+        return bytes(cast("bytearray | memoryview[int]", data))
+    raise DecodeError(f"expected bytes, got {type(data).__name__}")
+
+
+def unpack(data: bytes | bytearray | memoryview, *, limit: int = MAX_INFLATED) -> Any:
     """Decode a blob written by :func:`pack`.
 
     Raises:
@@ -159,15 +170,14 @@ def unpack(data: bytes, *, limit: int = MAX_INFLATED) -> Any:
         raise DecodeError(f"corrupt JSON body: {error}", bytes(data[:64])) from error
 
 
-def unpack_body(data: bytes, *, limit: int = MAX_INFLATED) -> bytes:
+def unpack_body(data: bytes | bytearray | memoryview, *, limit: int = MAX_INFLATED) -> bytes:
     """The JSON bytes of a blob written by :func:`pack` (checked header, inflated body).
 
     Raises:
-        DecodeError: not a blob, unknown version or flags, or a corrupt frame.
+        DecodeError: not a blob (also: not bytes at all, whatever the annotation says), unknown
+            version or flags, or a corrupt frame.
     """
-    if not isinstance(data, bytes | bytearray | memoryview):
-        raise DecodeError(f"expected bytes, got {type(data).__name__}")
-    data = bytes(data)
+    data = as_bytes(data)
     if len(data) < 4 or data[:2] != MAGIC:
         raise DecodeError("not an aioworkflow blob (bad magic)", data[:64])
     version, flags = data[2], data[3]

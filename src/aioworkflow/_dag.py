@@ -11,32 +11,56 @@ one actor stores its actor name, queue and options once.
 
 A result spec (``ResultSpec``) describes where a step's result comes from: an ``int`` is a task
 node's own result, a list is a list of specs (a group), ``None`` is no value (an empty chain).
+
+A ``Dag`` is immutable all the way down (issue 12): many nodes share one shape's options, and
+workers keep decoded DAGs in a cache, so a caller mutating what ``dag.node(0)`` returned must
+not change other nodes or later messages. Every container a ``Dag`` or a ``Node`` exposes is a
+tuple, a :class:`FrozenDict` or a :class:`FrozenList`: subclasses of ``dict`` and ``list`` (so
+orjson, ``json`` and dramatiq encode them as before and ``isinstance`` checks still hold) whose
+mutating methods raise ``TypeError``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, NamedTuple, TypeAlias, final
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeAlias, cast, final
 
 from . import _codec
+from ._frozen import FrozenDict, FrozenList, freeze, freeze_row
 from .errors import DecodeError
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-__all__ = ["Dag", "Node", "ResultSpec", "spec_nodes"]
+__all__ = [
+    "Dag",
+    "FrozenDict",
+    "FrozenList",
+    "Node",
+    "ResultSpec",
+    "freeze",
+    "freeze_row",
+    "make_dag",
+    "spec_nodes",
+]
 
 ResultSpec: TypeAlias = "int | list[ResultSpec] | None"
 
+_EMPTY: FrozenDict[str, Any] = FrozenDict()
+
 
 class Node(NamedTuple):
-    """One task node of a compiled workflow (a dramatiq message, without broker bookkeeping)."""
+    """One task node of a compiled workflow (a dramatiq message, without broker bookkeeping).
+
+    Immutable: ``kwargs`` and ``options`` are :class:`FrozenDict`, and lists inside the
+    arguments are :class:`FrozenList`.
+    """
 
     actor_name: str
     queue_name: str
     args: tuple[Any, ...]
-    kwargs: dict[str, Any]
-    options: dict[str, Any]
+    kwargs: FrozenDict[str, Any]
+    options: FrozenDict[str, Any]
     #: Milliseconds between the node's release and its start (``WithDelay``).
     delay: int
     #: Where the piped input comes from (``Chain(pipe=True)``), or None. None is ambiguous: a
@@ -60,14 +84,20 @@ def spec_nodes(spec: ResultSpec) -> list[int]:
 @final
 @dataclass(frozen=True, slots=True, kw_only=True, eq=True)
 class Dag:
-    """A compiled workflow. Build it with :func:`aioworkflow.compile`."""
+    """A compiled workflow. Build it with :func:`aioworkflow.compile`.
 
-    shapes: tuple[tuple[str, str, dict[str, Any]], ...]
+    Immutable: its fields are tuples, :class:`FrozenDict` and :class:`FrozenList` (values given
+    as plain dicts and lists are frozen on construction).
+    """
+
+    shapes: tuple[tuple[str, str, FrozenDict[str, Any]], ...]
     shape_of: tuple[int, ...]
     args: tuple[tuple[Any, ...], ...]
-    kwargs: dict[int, dict[str, Any]]
-    delays: dict[int, int]
-    pipes: dict[int, ResultSpec]
+    #: Values are FrozenDicts at run time; declared as ``dict`` so that ``kwargs.get(i, {})``
+    #: infers ``dict[str, Any]`` under pyright too.
+    kwargs: FrozenDict[int, dict[str, Any]]
+    delays: FrozenDict[int, int]
+    pipes: FrozenDict[int, ResultSpec]
     n_joins: int
     offsets: tuple[int, ...]
     targets: tuple[int, ...]
@@ -75,11 +105,10 @@ class Dag:
     pred_counts: tuple[int, ...] = field(compare=False, default=())
 
     def __post_init__(self) -> None:
+        for name in _FROZEN_FIELDS:
+            object.__setattr__(self, name, freeze(getattr(self, name)))
         if not self.pred_counts:
-            counts = [0] * self.size
-            for t in self.targets:
-                counts[t] += 1
-            object.__setattr__(self, "pred_counts", tuple(counts))
+            object.__setattr__(self, "pred_counts", _in_degrees(self.size, self.targets))
 
     # -- shape -----------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -136,7 +165,7 @@ class Dag:
             actor,
             queue,
             self.args[i],
-            self.kwargs.get(i, {}),
+            cast("FrozenDict[str, Any]", self.kwargs.get(i, _EMPTY)),
             options,
             self.delays.get(i, 0),
             self.pipes.get(i),
@@ -190,73 +219,125 @@ class Dag:
             raise DecodeError(f"malformed DAG blob: {exc!r}", bytes(data[:64])) from exc
 
 
-def _ints(value: Any, name: str) -> tuple[int, ...]:
-    if not isinstance(value, list) or not all(type(x) is int for x in value):
-        raise DecodeError(f"malformed DAG blob: {name} is not a list of integers")
-    return tuple(value)
+_FROZEN_FIELDS = ("shapes", "args", "kwargs", "delays", "pipes", "result")
 
 
-def _pairs(value: Any, name: str, n: int) -> dict[int, Any]:
+def _in_degrees(size: int, targets: tuple[int, ...]) -> tuple[int, ...]:
+    counts = [0] * size
+    for t in targets:
+        counts[t] += 1
+    return tuple(counts)
+
+
+def make_dag(
+    *,
+    shapes: tuple[tuple[str, str, FrozenDict[str, Any]], ...],
+    shape_of: tuple[int, ...],
+    args: tuple[tuple[Any, ...], ...],
+    kwargs: FrozenDict[int, dict[str, Any]],
+    delays: FrozenDict[int, int],
+    pipes: FrozenDict[int, ResultSpec],
+    n_joins: int,
+    offsets: tuple[int, ...],
+    targets: tuple[int, ...],
+    result: ResultSpec,
+    pred_counts: tuple[int, ...] | None = None,
+) -> Dag:
+    """A :class:`Dag` of values already frozen with :func:`freeze` (by ``compile`` and
+    ``Dag.decode``), without walking them again as ``Dag(...)`` does."""
+    dag = object.__new__(Dag)
+    fields = {
+        "shapes": shapes,
+        "shape_of": shape_of,
+        "args": args,
+        "kwargs": kwargs,
+        "delays": delays,
+        "pipes": pipes,
+        "n_joins": n_joins,
+        "offsets": offsets,
+        "targets": targets,
+        "result": result,
+    }
+    for name, value in fields.items():
+        object.__setattr__(dag, name, value)
+    size = len(shape_of) + n_joins
+    object.__setattr__(
+        dag, "pred_counts", pred_counts if pred_counts is not None else _in_degrees(size, targets)
+    )
+    return dag
+
+
+def _list(value: object, what: str) -> list[object]:
     if not isinstance(value, list):
-        raise DecodeError(f"malformed DAG blob: {name} is not a list")
-    out: dict[int, Any] = {}
-    for item in value:
-        if not (isinstance(item, list) and len(item) == 2 and type(item[0]) is int):
+        raise DecodeError(f"malformed DAG blob: {what} is not a list")
+    return cast("list[object]", value)
+
+
+def _ints(value: object, name: str) -> tuple[int, ...]:
+    items = _list(value, name)
+    if not all(type(x) is int for x in items):
+        raise DecodeError(f"malformed DAG blob: {name} is not a list of integers")
+    return cast("tuple[int, ...]", tuple(items))
+
+
+def _pairs(value: object, name: str, n: int) -> dict[int, object]:
+    out: dict[int, object] = {}
+    for raw in _list(value, name):
+        item = cast("list[object]", raw) if isinstance(raw, list) else None
+        if item is None or len(item) != 2 or type(item[0]) is not int:
             raise DecodeError(f"malformed DAG blob: bad entry in {name}")
-        if not 0 <= item[0] < n:
-            raise DecodeError(f"malformed DAG blob: {name} names node {item[0]} of {n}")
-        out[item[0]] = item[1]
+        key: int = item[0]
+        if not 0 <= key < n:
+            raise DecodeError(f"malformed DAG blob: {name} names node {key} of {n}")
+        out[key] = item[1]
     return out
 
 
-def _check_spec(spec: Any, n: int) -> None:
-    for i in spec_nodes(spec):
-        if not 0 <= i < n:
-            raise DecodeError(f"malformed DAG blob: result spec names node {i} of {n}")
+def _check_spec(spec: object, n: int) -> ResultSpec:
     stack = [spec]
     while stack:
         item = stack.pop()
         if isinstance(item, list):
-            stack.extend(item)
-        elif item is not None and type(item) is not int:
+            stack.extend(cast("list[object]", item))
+        elif type(item) is int:
+            if not 0 <= item < n:
+                raise DecodeError(f"malformed DAG blob: result spec names node {item} of {n}")
+        elif item is not None:
             raise DecodeError("malformed DAG blob: bad result spec")
+    return cast("ResultSpec", spec)
 
 
-def _from_doc(doc: Any) -> Dag:
-    if not isinstance(doc, dict):
+def _str_dict(value: object, what: str) -> dict[str, object]:
+    if not isinstance(value, dict):
+        raise DecodeError(f"malformed DAG blob: {what} is not an object")
+    return cast("dict[str, object]", value)
+
+
+def _from_doc(raw: object) -> Dag:
+    if not isinstance(raw, dict):
         raise DecodeError("malformed DAG blob: top level is not an object")
-    shapes_raw = doc["sh"]
-    if not isinstance(shapes_raw, list):
-        raise DecodeError("malformed DAG blob: shapes")
-    shapes: list[tuple[str, str, dict[str, Any]]] = []
-    for s in shapes_raw:
-        if not (
-            isinstance(s, list)
-            and len(s) == 3
-            and isinstance(s[0], str)
-            and isinstance(s[1], str)
-            and isinstance(s[2], dict)
-        ):
+    doc = cast("dict[str, object]", raw)
+    shapes: list[tuple[str, str, dict[str, object]]] = []
+    for entry in _list(doc["sh"], "shapes"):
+        s = cast("list[object]", entry) if isinstance(entry, list) else []
+        if not (len(s) == 3 and isinstance(actor := s[0], str) and isinstance(queue := s[1], str)):
             raise DecodeError("malformed DAG blob: bad shape entry")
-        shapes.append((s[0], s[1], s[2]))
+        shapes.append((actor, queue, _str_dict(s[2], "options")))
     shape_of = _ints(doc["s"], "shape column")
     n = len(shape_of)
     if any(not 0 <= s < len(shapes) for s in shape_of):
         raise DecodeError("malformed DAG blob: shape index out of range")
-    args_raw = doc["a"]
-    if not isinstance(args_raw, list) or len(args_raw) != n:
+    args_raw = _list(doc["a"], "args column")
+    if len(args_raw) != n:
         raise DecodeError("malformed DAG blob: args column length")
-    if not all(isinstance(a, list) for a in args_raw):
-        raise DecodeError("malformed DAG blob: args entry is not a list")
-    kwargs = _pairs(doc["k"], "kwargs", n)
-    if not all(isinstance(v, dict) for v in kwargs.values()):
-        raise DecodeError("malformed DAG blob: kwargs entry is not an object")
-    delays = _pairs(doc["d"], "delays", n)
-    if not all(type(v) is int and v >= 0 for v in delays.values()):
-        raise DecodeError("malformed DAG blob: bad delay")
-    pipes = _pairs(doc["p"], "pipes", n)
-    for spec in pipes.values():
-        _check_spec(spec, n)
+    args = [_list(a, "args entry") for a in args_raw]
+    kwargs = {i: _str_dict(v, "kwargs entry") for i, v in _pairs(doc["k"], "kwargs", n).items()}
+    delays: dict[int, int] = {}
+    for i, d in _pairs(doc["d"], "delays", n).items():
+        if type(d) is not int or d < 0:
+            raise DecodeError("malformed DAG blob: bad delay")
+        delays[i] = d
+    pipes = {i: _check_spec(spec, n) for i, spec in _pairs(doc["p"], "pipes", n).items()}
     n_joins = doc["j"]
     if type(n_joins) is not int or n_joins < 0:
         raise DecodeError("malformed DAG blob: join count")
@@ -269,25 +350,25 @@ def _from_doc(doc: Any) -> Dag:
         raise DecodeError("malformed DAG blob: offsets not monotonic")
     if any(not 0 <= t < size for t in targets):
         raise DecodeError("malformed DAG blob: edge to unknown vertex")
-    pred_counts = [0] * size
-    for t in targets:
-        pred_counts[t] += 1
+    pred_counts = list(_in_degrees(size, targets))
     if 0 in pred_counts[n:]:
         raise DecodeError("malformed DAG blob: a join node without predecessors")
     if not _acyclic(offsets, targets, pred_counts):
         raise DecodeError("malformed DAG blob: the graph has a cycle")
-    _check_spec(doc["r"], n)
-    return Dag(
-        shapes=tuple(shapes),
+    result = _check_spec(doc["r"], n)
+    return make_dag(
+        shapes=tuple((a, q, cast("FrozenDict[str, Any]", freeze(o))) for a, q, o in shapes),
         shape_of=shape_of,
-        args=tuple(tuple(a) for a in args_raw),
-        kwargs=kwargs,
-        delays=delays,
-        pipes=pipes,
+        args=tuple(freeze_row(a) for a in args),
+        kwargs=FrozenDict(
+            {i: cast("FrozenDict[str, Any]", freeze(kw)) for i, kw in kwargs.items()}
+        ),
+        delays=FrozenDict(delays),
+        pipes=FrozenDict({i: freeze(spec) for i, spec in pipes.items()}),
         n_joins=n_joins,
         offsets=offsets,
         targets=targets,
-        result=doc["r"],
+        result=freeze(result),
         pred_counts=tuple(pred_counts),
     )
 

@@ -12,7 +12,7 @@ import asyncio
 import random
 import threading
 import time
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
 import dramatiq
 from dramatiq.brokers.stub import StubBroker
@@ -114,10 +114,22 @@ def run_demo(redis_url: str | None, out: TextIO, seed: int | None = None) -> int
             dramatiq.set_broker(previous)
 
 
+class _Pingable(Protocol):
+    def ping(self) -> bool: ...
+    def close(self) -> None: ...
+
+
+def _connect(url: str) -> _Pingable:
+    """A redis-py client, seen through a Protocol: ``Redis.ping``'s ``**kwargs`` are untyped."""
+    import redis
+
+    return redis.from_url(url, socket_connect_timeout=5)
+
+
 def _ping(url: str) -> None:
     import redis
 
-    client = redis.Redis.from_url(url, socket_connect_timeout=5)
+    client = _connect(url)
     try:
         client.ping()
     except redis.RedisError as exc:

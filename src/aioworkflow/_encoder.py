@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from typing import Any
+from typing import Any, cast
 
 import lz4.frame
 import orjson
@@ -99,22 +99,24 @@ class LZ4JSONEncoder(Encoder):
             raise
         return fields
 
-    def _decode(self, data: bytes) -> MessageData:
-        if not isinstance(data, bytes | bytearray | memoryview):
-            raise _decode_error(f"expected bytes, got {type(data).__name__}", data, TypeError())
-        raw = bytes(data)
+    def _decode(self, data: object) -> MessageData:
+        try:
+            raw = _codec.as_bytes(data)  # dramatiq's brokers pass bytes; a foreign one may not
+        except DecodeError as exc:
+            raise _decode_error(str(exc), data, TypeError(str(exc))) from None
         try:
             body = _codec.unpack_body(raw, limit=self.max_size) if raw[:2] == _codec.MAGIC else raw
-            fields = _loads(body)
+            fields: object = _loads(body)
         except DecodeError as exc:
             raise _decode_error(f"undecodable message: {exc}", raw[:64], exc) from None
         except (ValueError, RecursionError) as exc:
             raise _decode_error(f"undecodable message: {exc}", raw[:64], exc) from None
-        if not isinstance(fields, dict) or not fields.keys() >= _FIELDS:
-            missing = sorted(_FIELDS - fields.keys()) if isinstance(fields, dict) else None
+        message = cast("dict[str, Any]", fields) if isinstance(fields, dict) else None
+        if message is None or not message.keys() >= _FIELDS:
+            missing = sorted(_FIELDS - message.keys()) if message is not None else None
             err = ValueError(f"not a dramatiq message (missing {missing})")
             raise _decode_error(str(err), raw[:64], err)
-        return fields
+        return message
 
 
 def _loads(raw: bytes) -> Any:
@@ -125,8 +127,11 @@ def _loads(raw: bytes) -> Any:
         return json.loads(raw.decode("utf-8"))
 
 
-def _placeholder(data: Any, exc: _DramatiqDecodeError) -> MessageData:
-    head = bytes(data[:64]).hex() if isinstance(data, bytes | bytearray | memoryview) else ""
+def _placeholder(data: object, exc: _DramatiqDecodeError) -> MessageData:
+    try:
+        head = _codec.as_bytes(data)[:64].hex()
+    except DecodeError:
+        head = ""
     return {
         "queue_name": QUARANTINE_ACTOR,
         "actor_name": QUARANTINE_ACTOR,

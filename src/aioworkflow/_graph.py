@@ -4,6 +4,10 @@
 that nesting cannot express. Leaves are dramatiq messages, recognised by shape (this module does
 not import dramatiq). Bad input raises :class:`~aioworkflow.errors.GraphError` here, at
 construction, which is the earliest point the user can act on it.
+
+Nesting is unbounded (issue 13): nothing here recurses over a canvas. ``describe`` looks at one
+level; pickling, ``==``, ``hash`` and ``repr`` walk the canvas with their own stack (in
+``_walk``), so a chain nested 100,000 deep pickles, copies, compares, prints and compiles.
 """
 
 from __future__ import annotations
@@ -15,9 +19,30 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, final, runtime_check
 from .errors import GraphError
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Mapping
+    from collections.abc import Callable, Iterable, Mapping
 
-__all__ = ["Chain", "Graph", "Group", "MessageLike", "NodeRef", "Step", "WithDelay", "describe"]
+__all__ = [
+    "MAX_DELAY_MS",
+    "STEP_TYPES",
+    "Chain",
+    "Graph",
+    "Group",
+    "MessageLike",
+    "NodeRef",
+    "Step",
+    "WithDelay",
+    "check_delay",
+    "check_step",
+    "describe",
+    "is_message",
+]
+
+#: The longest delay a step may carry, in milliseconds (about 317 years), summed over nested
+#: ``WithDelay`` steps. A released node's ETA is ``now_ms + delay``, computed in Redis Lua,
+#: whose numbers are doubles printed with ``%.14g``: only below 1e14 do they print as the
+#: integer dramatiq's consumers parse. ``now_ms`` is about 1.8e12 today, so 1e13 leaves room
+#: until the year 4800, and keeps every ETA far below 2**53 (exact as a double and in JSON).
+MAX_DELAY_MS = 10**13
 
 
 @runtime_checkable
@@ -40,14 +65,20 @@ Step: TypeAlias = "MessageLike | Chain | Group | WithDelay | Graph"
 
 
 def describe(step: object) -> str:
-    """A short human name for a step, used in error messages."""
+    """A short human name for a step, used in error messages (never recursive: nested delays
+    are summed into one ``WithDelay``)."""
+    if isinstance(step, WithDelay):
+        total, depth = 0, 0
+        inner: object = step
+        while isinstance(inner, WithDelay):
+            total, depth, inner = total + inner.delay, depth + 1, inner.step
+        nested = f", {depth} nested" if depth > 1 else ""
+        return f"WithDelay({describe(inner)}, delay={total}{nested})"
     if isinstance(step, Chain | Group):
         return f"{type(step).__name__}({len(step.steps)} steps)"
-    if isinstance(step, WithDelay):
-        return f"WithDelay({describe(step.step)}, delay={step.delay})"
     if isinstance(step, Graph):
         return f"Graph({len(step)} nodes)"
-    if _is_message(step):
+    if is_message(step):
         actor, queue = getattr(step, "actor_name", "?"), getattr(step, "queue_name", "?")
         return f"{actor}(...) on queue {queue!r}"
     return repr(step)[:80]
@@ -57,18 +88,19 @@ _FIELDS = ("queue_name", "actor_name", "args", "kwargs", "options")
 _message_types: dict[type, bool] = {}
 
 
-def _is_message(obj: object) -> bool:
+def is_message(obj: object) -> bool:
     """Whether ``obj`` has the shape of a dramatiq Message (cached per type: this is hot)."""
     known = _message_types.get(type(obj))
     if known is None:
         known = all(hasattr(obj, f) for f in _FIELDS) and not isinstance(obj, type)
         if len(_message_types) < 64:
             _message_types[type(obj)] = known
-    return known and isinstance(obj.actor_name, str)  # type: ignore[attr-defined]
+    return known and isinstance(getattr(obj, "actor_name", None), str)
 
 
-def _check_step(step: object, where: str) -> None:
-    if type(step) in _STEP_TYPES or _is_message(step):
+def check_step(step: object, where: str) -> None:
+    """Raise :class:`GraphError` naming ``where`` unless ``step`` is a step."""
+    if type(step) in STEP_TYPES or is_message(step):
         return
     raise GraphError(
         f"{where}: {step!r} is not a step; expected a dramatiq Message (actor.message(...)), "
@@ -76,8 +108,30 @@ def _check_step(step: object, where: str) -> None:
     )
 
 
+def check_delay(delay: object, where: str | Callable[[], str]) -> int:
+    """``delay`` if it is a delay dramatiq can schedule, else a :class:`GraphError`.
+
+    A delay is an ``int`` (not a ``bool``) of milliseconds, ``0 <= delay <=``
+    :data:`MAX_DELAY_MS`: a float, NaN or infinity would reach the workers as an ETA they
+    cannot parse. ``where`` names the step in the error (a callable is only called then).
+    """
+    if type(delay) is not int or not 0 <= delay <= MAX_DELAY_MS:
+        shown = repr(delay) if len(repr(delay)) <= 40 else f"{repr(delay)[:37]}..."
+        where = where if isinstance(where, str) else where()
+        raise GraphError(
+            f"{where}: delay must be an integer number of milliseconds from 0 to "
+            f"{MAX_DELAY_MS} (about 317 years), got {shown}"
+        )
+    return delay
+
+
+# Kept for callers of the earlier private names (``_client`` uses ``_check_step``).
+_is_message = is_message
+_check_step = check_step
+
+
 @final
-@dataclass(frozen=True, slots=True, init=False)
+@dataclass(frozen=True, slots=True, init=False, eq=False, repr=False)
 class Chain:
     """Steps that run one after another.
 
@@ -91,13 +145,37 @@ class Chain:
 
     def __init__(self, *steps: Step, pipe: bool = False) -> None:
         for i, step in enumerate(steps):
-            _check_step(step, f"Chain step {i}")
+            check_step(step, f"Chain step {i}")
         object.__setattr__(self, "steps", tuple(steps))
         object.__setattr__(self, "pipe", bool(pipe))
 
+    def __eq__(self, other: object) -> bool:
+        """Structural equality, compared without recursion (any nesting depth)."""
+        from ._walk import equal
+
+        return equal(self, other) if type(other) is type(self) else NotImplemented
+
+    def __hash__(self) -> int:
+        """Hashes the whole canvas without recursion (messages with dict fields do not hash)."""
+        from ._walk import hash_of
+
+        return hash_of(self)
+
+    def __repr__(self) -> str:
+        """The constructor call, shortened beyond a few thousand characters (any depth)."""
+        from ._walk import shown
+
+        return shown(self)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickles as one flat list (see ``_walk``): any nesting depth pickles."""
+        from ._walk import flatten, unflatten
+
+        return unflatten, (flatten(self),)
+
 
 @final
-@dataclass(frozen=True, slots=True, init=False)
+@dataclass(frozen=True, slots=True, init=False, eq=False, repr=False)
 class Group:
     """Branches that run in parallel; the group ends when every branch has ended.
 
@@ -110,38 +188,80 @@ class Group:
 
     def __init__(self, *branches: Step) -> None:
         for i, step in enumerate(branches):
-            _check_step(step, f"Group branch {i}")
+            check_step(step, f"Group branch {i}")
         object.__setattr__(self, "steps", tuple(branches))
+
+    def __eq__(self, other: object) -> bool:
+        """Structural equality, compared without recursion (any nesting depth)."""
+        from ._walk import equal
+
+        return equal(self, other) if type(other) is type(self) else NotImplemented
+
+    def __hash__(self) -> int:
+        """Hashes the whole canvas without recursion (messages with dict fields do not hash)."""
+        from ._walk import hash_of
+
+        return hash_of(self)
+
+    def __repr__(self) -> str:
+        """The constructor call, shortened beyond a few thousand characters (any depth)."""
+        from ._walk import shown
+
+        return shown(self)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickles as one flat list (see ``_walk``): any nesting depth pickles."""
+        from ._walk import flatten, unflatten
+
+        return unflatten, (flatten(self),)
 
 
 @final
-@dataclass(frozen=True, slots=True, init=False)
+@dataclass(frozen=True, slots=True, init=False, eq=False, repr=False)
 class WithDelay:
     """A step whose start is delayed by ``delay`` milliseconds after it is released.
 
     Args:
         step: the delayed step (its first tasks carry the delay).
-        delay: milliseconds, a non-negative integer.
+        delay: milliseconds, an integer from 0 to :data:`MAX_DELAY_MS` (nested delays add up,
+            and their sum is held to the same bound by ``compile()``).
     """
 
     step: Step
     delay: int
 
     def __init__(self, step: Step, *, delay: int) -> None:
-        _check_step(step, "WithDelay")
-        if isinstance(delay, bool) or not isinstance(delay, int) or delay < 0:  # type: ignore[redundant-expr]  # runtime check of untyped input
-            raise GraphError(
-                f"WithDelay({describe(step)}): delay must be a non-negative integer number of "
-                f"milliseconds, got {delay!r}"
-            )
+        check_step(step, "WithDelay")
+        delay = check_delay(delay, lambda: f"WithDelay({describe(step)})")
         object.__setattr__(self, "step", step)
         object.__setattr__(self, "delay", delay)
 
+    def __eq__(self, other: object) -> bool:
+        """Structural equality, compared without recursion (any nesting depth)."""
+        from ._walk import equal
+
+        return equal(self, other) if type(other) is type(self) else NotImplemented
+
+    def __hash__(self) -> int:
+        """Hashes the whole canvas without recursion (messages with dict fields do not hash)."""
+        from ._walk import hash_of
+
+        return hash_of(self)
+
+    def __repr__(self) -> str:
+        """The constructor call, shortened beyond a few thousand characters (any depth)."""
+        from ._walk import shown
+
+        return shown(self)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickles as one flat list (see ``_walk``): any nesting depth pickles."""
+        from ._walk import flatten, unflatten
+
+        return unflatten, (flatten(self),)
+
 
 _graph_ids = itertools.count(1)
-
-
-_STEP_TYPES: frozenset[type] = frozenset()  # filled in below, once the classes exist
 
 
 @final
@@ -198,7 +318,7 @@ class Graph:
             GraphError: the step is not a step, or a reference is foreign or unknown.
         """
         index = len(self._steps)
-        _check_step(step, f"Graph node {index}")
+        check_step(step, f"Graph node {index}")
         preds = [self._resolve(ref, f"Graph node {index} ({describe(step)})") for ref in after]
         self._steps.append(step)
         self._after.append(preds)
@@ -217,5 +337,12 @@ class Graph:
         """The steps and, for each, the indices of the steps it waits for."""
         return tuple(self._steps), tuple(tuple(a) for a in self._after)
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickles as one flat list (see ``_walk``): any nesting depth pickles."""
+        from ._walk import flatten, unflatten
 
-_STEP_TYPES = frozenset({Chain, Group, WithDelay, Graph})
+        return unflatten, (flatten(self),)
+
+
+#: The composite step classes (a leaf is anything message-shaped).
+STEP_TYPES = frozenset({Chain, Group, WithDelay, Graph})

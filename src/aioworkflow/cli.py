@@ -22,20 +22,22 @@ import importlib
 import logging
 import os
 import sys
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO, cast
 
 from dramatiq.brokers.stub import StubBroker
 
+from ._redact import redact_text, redact_url, url_secrets
 from ._status import State
 from .errors import AioWorkflowError, StoreConnectionError, WorkflowNotFound
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Sequence
+    from collections.abc import Generator, Sequence
 
     import dramatiq
 
     from ._client import WorkflowHandle
     from ._dag import Dag
+    from ._graph import Step
     from ._status import Transition, WorkflowStatus
 
 __all__ = ["describe", "main", "progress_bar", "render"]
@@ -101,11 +103,23 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _secrets(args: argparse.Namespace) -> tuple[str, ...]:
+    """Passwords of every URL the command may quote: never printed (issue 14)."""
+    urls = [os.environ.get("AIOWORKFLOW_REDIS_URL") or ""]
+    urls += [getattr(args, name, None) or "" for name in ("redis", "broker")]
+    return tuple(s for url in urls for s in url_secrets(url))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit code."""
+    """Run the command line; returns the exit code.
+
+    Nothing it prints (errors, log lines) shows a password of a ``--redis``/``--broker`` URL
+    or of ``$AIOWORKFLOW_REDIS_URL``.
+    """
     args = _parser().parse_args(argv)
     out = sys.stdout
-    with _one_line_logging():
+    secrets = _secrets(args)
+    with _one_line_logging(secrets):
         try:
             if args.command == "demo":
                 from ._demo import run_demo
@@ -119,28 +133,37 @@ def main(argv: Sequence[str] | None = None) -> int:
             sys.stderr.write("\naioworkflow: interrupted\n")
             return EXIT_INTERRUPTED
         except WorkflowNotFound as exc:
-            return _error(f"no workflow {exc.args[0]!r} (never created, or expired)")
+            return _error(f"no workflow {exc.args[0]!r} (never created, or expired)", secrets)
         except StoreConnectionError as exc:
-            return _error(f"cannot reach Redis at {args.redis}: {exc}")
+            url = redact_url(args.redis or "")
+            return _error(f"cannot reach Redis at {url}: {exc}", secrets)
         except (AioWorkflowError, CommandError) as exc:
-            return _error(str(exc))
+            return _error(str(exc), secrets)
+        except Exception as exc:  # noqa: BLE001  # the CLI's boundary: one redacted line, no traceback
+            return _error(f"{type(exc).__name__}: {exc}", secrets)
 
 
-def _error(text: str) -> int:
+def _error(text: str, secrets: Sequence[str] = ()) -> int:
     line = text.strip().splitlines()[0] if text.strip() else "failed"
-    sys.stderr.write(f"aioworkflow: error: {line}\n")
+    sys.stderr.write(f"aioworkflow: error: {redact_text(line, secrets)}\n")
     return EXIT_ERROR
 
 
 class _OneLineFormatter(logging.Formatter):
-    """Log records as ``aioworkflow: LEVEL: message``, without tracebacks."""
+    """Log records as ``aioworkflow: LEVEL: message``, without tracebacks or passwords."""
+
+    def __init__(self, secrets: Sequence[str] = ()) -> None:
+        super().__init__()
+        self.secrets: tuple[str, ...] = tuple(secrets)
 
     def format(self, record: logging.LogRecord) -> str:
-        return f"aioworkflow: {record.levelname.lower()}: {record.getMessage()}"
+        """One line: the level and the message, URLs and secrets masked."""
+        text = f"aioworkflow: {record.levelname.lower()}: {record.getMessage()}"
+        return redact_text(text, self.secrets)
 
 
 @contextlib.contextmanager
-def _one_line_logging() -> Iterator[None]:
+def _one_line_logging(secrets: Sequence[str] = ()) -> Generator[None]:
     """Warnings of aioworkflow and dramatiq as one stderr line each, unless logging is set up."""
     root = logging.getLogger()
     if root.handlers:  # the caller configured logging: leave it alone
@@ -148,7 +171,7 @@ def _one_line_logging() -> Iterator[None]:
         return
     handler = logging.StreamHandler(sys.stderr)
     handler.setLevel(logging.WARNING)
-    handler.setFormatter(_OneLineFormatter())
+    handler.setFormatter(_OneLineFormatter(secrets))
     root.addHandler(handler)
     try:
         yield
@@ -192,7 +215,7 @@ def _control_broker(args: argparse.Namespace) -> dramatiq.Broker:
         from dramatiq.brokers.redis import RedisBroker
 
         return RedisBroker(url=url, namespace=args.namespace)  # type: ignore[no-untyped-call]
-    raise CommandError(f"--broker: expected an amqp:// or redis:// URL, got {url!r}")
+    raise CommandError(f"--broker: expected an amqp:// or redis:// URL, got {redact_url(url)!r}")
 
 
 async def _remote(args: argparse.Namespace, out: TextIO) -> int:
@@ -378,7 +401,7 @@ def _load_dag(target: str) -> Dag:
     if isinstance(obj, Workflow):
         return obj.compile()
     try:
-        return compile_canvas(obj)
+        return compile_canvas(cast("Step", obj))  # compile() checks what it really is
     except AioWorkflowError as exc:
         raise CommandError(f"{target} is not a canvas, Workflow or Dag: {exc}") from exc
 

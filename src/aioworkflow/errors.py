@@ -15,7 +15,7 @@ __all__ = [
     "ConfigurationError",
     "DecodeError",
     "GraphError",
-    "InvalidTransition",
+    "MessageTooLarge",
     "ResultTooLarge",
     "ScriptError",
     "StoreConnectionError",
@@ -25,6 +25,7 @@ __all__ = [
     "WorkflowFailed",
     "WorkflowNotFound",
     "WorkflowTimeout",
+    "WorkflowTooLarge",
 ]
 
 
@@ -51,7 +52,7 @@ class DecodeError(AioWorkflowError):
 
     def __init__(self, message: str, data: bytes = b"") -> None:
         super().__init__(message)
-        self.data = data
+        self.data: bytes = data
 
 
 class StoreError(AioWorkflowError):
@@ -64,14 +65,6 @@ class StoreConnectionError(StoreError, ConnectionError):
 
 class ScriptError(StoreError):
     """A Lua script of the store failed on the server (a bug or a foreign key type)."""
-
-
-class InvalidTransition(StoreError):
-    """A control operation does not apply to the workflow's current state.
-
-    Raised by ``handle.pause()`` and friends only when the caller asked for strictness; by
-    default those calls return a :class:`~aioworkflow.Transition` that says what happened.
-    """
 
 
 class ConfigurationError(AioWorkflowError):
@@ -108,11 +101,11 @@ class WorkflowFailed(AioWorkflowError):
     ) -> None:
         detail = f"node {node} ({actor}) raised {exc_type}: {exc_message}"
         super().__init__(f"workflow {workflow_id} failed: {detail}")
-        self.workflow_id = workflow_id
-        self.node = node
-        self.actor = actor
-        self.exc_type = exc_type
-        self.exc_message = exc_message
+        self.workflow_id: str = workflow_id
+        self.node: int | None = node
+        self.actor: str | None = actor
+        self.exc_type: str | None = exc_type
+        self.exc_message: str | None = exc_message
 
 
 class WorkflowCancelled(AioWorkflowError):
@@ -120,7 +113,7 @@ class WorkflowCancelled(AioWorkflowError):
 
     def __init__(self, workflow_id: str) -> None:
         super().__init__(f"workflow {workflow_id} was cancelled")
-        self.workflow_id = workflow_id
+        self.workflow_id: str = workflow_id
 
 
 class MessageTooLarge(GraphError):
@@ -134,7 +127,28 @@ class MessageTooLarge(GraphError):
             f"node {node} ({actor}): arguments of {size} bytes exceed the message cap of "
             f"{limit} bytes (Workflow(max_message_bytes=...)); pass a reference instead"
         )
-        self.node, self.actor, self.size, self.limit = node, actor, size, limit
+        self.node: int = node
+        self.actor: str = actor
+        self.size: int = size
+        self.limit: int = limit
+
+
+class WorkflowTooLarge(GraphError):
+    """A canvas has more task nodes than the workflow's limit.
+
+    Raised by ``compile(canvas, max_nodes=...)`` while counting the canvas's leaves, before
+    any array of the DAG is built and before anything is stored. ``count`` is the number of
+    task nodes the canvas would compile to (a leaf reached twice through a shared sub-canvas
+    counts twice), ``limit`` the ``max_nodes`` in force.
+    """
+
+    def __init__(self, count: int, limit: int) -> None:
+        super().__init__(
+            f"the workflow has {count:,} task nodes, more than the limit of {limit:,} "
+            "(compile(max_nodes=...))"
+        )
+        self.count: int = count
+        self.limit: int = limit
 
 
 class ResultTooLarge(AioWorkflowError):
@@ -145,6 +159,6 @@ class ResultTooLarge(AioWorkflowError):
 
     def __init__(self, size: int, limit: int, **extra: Any) -> None:
         super().__init__(f"result of {size} bytes exceeds the cap of {limit} bytes")
-        self.size = size
-        self.limit = limit
-        self.extra = extra
+        self.size: int = size
+        self.limit: int = limit
+        self.extra: dict[str, Any] = extra
