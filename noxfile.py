@@ -78,10 +78,12 @@ def chaos(session: nox.Session) -> None:
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    """ruff check and ruff format --check."""
+    """ruff check, ruff format --check, and the Lua rendered from the state machine."""
     _install(session, "lint")
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
+    # lua/_machine.lua and _status.py's table are rendered from _machine.py: fail on drift
+    session.run("python", "-m", "aioworkflow._machine_render", "--check")
 
 
 @nox.session
