@@ -28,9 +28,17 @@ ready set (the queue holds the message), so ``reconcile`` finds nothing there an
 unclaimed entries of a paused or failed workflow to the held set. The model has one instance
 per mode for that reason.
 
-Budget: ``AIOWF_CHAOS_SCALE`` unset or ``short`` runs a short search in the default test run;
-``long`` (``nox -s chaos``) a long one. No example database: a failure prints the falsifying
-sequence of steps (and ``print_blob``) instead of relying on local state.
+What it found is pinned below as minimal sequences marked ``xfail(strict=True)`` (they flip to
+failures once fixed): a stray delivery of an unreleased node while PAUSED/FAILED is held and
+then released early by resume/retry (every engine; the machine does not generate it unless
+``AIOWF_STATEFUL_KNOWN_BUGS=1``), and RedisStore counting claimed callbacks as running nodes
+(the status check allows for it, marked KNOWN DIVERGENCE).
+
+Budget: ``AIOWF_CHAOS_SCALE`` unset or ``short`` runs 100 examples of up to 50 steps (about
+10 s); ``long`` (``nox -s chaos``) 500; ``AIOWF_STATEFUL_EXAMPLES`` overrides both. No example
+database: a failure prints the falsifying sequence of steps, the seed and a
+``@reproduce_failure`` blob instead of relying on local state. Shrinking a failure replays
+many examples against Redis and can take minutes (Hypothesis stops it after five).
 """
 
 from __future__ import annotations
@@ -69,7 +77,7 @@ if TYPE_CHECKING:
 
 SCALE = os.environ.get("AIOWF_CHAOS_SCALE", "short")
 LONG = SCALE == "long"
-#: Examples and steps per example: well under a minute in the default run.
+#: Examples and steps per example: about 10 s in the default run.
 MAX_EXAMPLES = int(os.environ.get("AIOWF_STATEFUL_EXAMPLES") or (500 if LONG else 100))
 STEPS = 50
 
@@ -114,6 +122,8 @@ build_upload: Callable[..., Any] = _find("build_upload")
 Callback: Callable[..., Any] = _find("Callback")
 
 Key = int | str
+#: An event as plain values: kind, node, state.
+_Ev = tuple[str, int | None, str]
 Released = tuple[Key, ...]
 
 
@@ -134,6 +144,15 @@ def _claim(reply: Any) -> tuple[int, tuple[bytes | None, ...]]:
     code = int(reply.code)
     assert bool(reply.run) == (code == RUN), reply
     return code, tuple(reply.results)
+
+
+def _batched(events: list[_Ev]) -> list[_Ev]:
+    """Events with each run of consecutive ``node_released`` events sorted by node."""
+    out: list[_Ev] = []
+    for released, run in itertools.groupby(events, key=lambda e: e[0] == "node_released"):
+        batch = list(run)
+        out += sorted(batch, key=lambda e: e[1] or 0) if released else batch
+    return out
 
 
 # -- the model ---------------------------------------------------------------------------------
@@ -554,7 +573,10 @@ class StoreMachine(RuleBasedStateMachine):
                 model.failure,
             )
             assert got == want, f"{engine} status {got}, the model says {want}"
-            assert events == model.events, f"{engine} events {events}, model {model.events}"
+            # One call's releases are logged in the order it walks a set (Lua: the failed set,
+            # then the held set; MemoryStore: sorted), so each run of them is compared sorted.
+            got_events, want_events = _batched(events), _batched(model.events)
+            assert got_events == want_events, f"{engine} events {events}, model {model.events}"
 
     async def _meta_and_events(
         self, engine: str, wid: str
