@@ -7,7 +7,7 @@ construction, which is the earliest point the user can act on it.
 
 Nesting is unbounded (issue 13): nothing here recurses over a canvas. ``describe`` looks at one
 level; pickling, ``==``, ``hash`` and ``repr`` walk the canvas with their own stack (in
-``_walk``), so a chain nested 100,000 deep pickles, copies, compares, prints and compiles.
+``_walk``, which knows steps only through the base classes they derive from), so a chain nested 100,000 deep pickles, copies, compares, prints and compiles.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import itertools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, final, runtime_checkable
 
+from ._walk import Walked, WalkedValue
 from .errors import GraphError
 
 if TYPE_CHECKING:
@@ -132,7 +133,7 @@ _check_step = check_step
 
 @final
 @dataclass(frozen=True, slots=True, init=False, eq=False, repr=False)
-class Chain:
+class Chain(WalkedValue):
     """Steps that run one after another.
 
     Args:
@@ -149,34 +150,27 @@ class Chain:
         object.__setattr__(self, "steps", tuple(steps))
         object.__setattr__(self, "pipe", bool(pipe))
 
-    def __eq__(self, other: object) -> bool:
-        """Structural equality, compared without recursion (any nesting depth)."""
-        from ._walk import equal
+    def walk_children(self) -> tuple[object, ...]:
+        """The steps, in order."""
+        return self.steps
 
-        return equal(self, other) if type(other) is type(self) else NotImplemented
+    def walk_head(self) -> tuple[Any, ...]:
+        """The step count and the pipe flag."""
+        return (len(self.steps), self.pipe)
 
-    def __hash__(self) -> int:
-        """Hashes the whole canvas without recursion (messages with dict fields do not hash)."""
-        from ._walk import hash_of
+    @classmethod
+    def walk_build(cls, parts: list[Any], head: tuple[Any, ...]) -> Chain:
+        """A Chain of ``parts``."""
+        return cls(*parts, pipe=bool(head[1]))
 
-        return hash_of(self)
-
-    def __repr__(self) -> str:
-        """The constructor call, shortened beyond a few thousand characters (any depth)."""
-        from ._walk import shown
-
-        return shown(self)
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        """Pickles as one flat list (see ``_walk``): any nesting depth pickles."""
-        from ._walk import flatten, unflatten
-
-        return unflatten, (flatten(self),)
+    def walk_repr(self) -> tuple[str, str]:
+        """``Chain(`` ... ``)``, with ``pipe=True`` when set."""
+        return "Chain(", ", pipe=True)" if self.pipe else ")"
 
 
 @final
 @dataclass(frozen=True, slots=True, init=False, eq=False, repr=False)
-class Group:
+class Group(WalkedValue):
     """Branches that run in parallel; the group ends when every branch has ended.
 
     Args:
@@ -191,34 +185,27 @@ class Group:
             check_step(step, f"Group branch {i}")
         object.__setattr__(self, "steps", tuple(branches))
 
-    def __eq__(self, other: object) -> bool:
-        """Structural equality, compared without recursion (any nesting depth)."""
-        from ._walk import equal
+    def walk_children(self) -> tuple[object, ...]:
+        """The branches, in order."""
+        return self.steps
 
-        return equal(self, other) if type(other) is type(self) else NotImplemented
+    def walk_head(self) -> tuple[Any, ...]:
+        """The branch count."""
+        return (len(self.steps),)
 
-    def __hash__(self) -> int:
-        """Hashes the whole canvas without recursion (messages with dict fields do not hash)."""
-        from ._walk import hash_of
+    @classmethod
+    def walk_build(cls, parts: list[Any], head: tuple[Any, ...]) -> Group:
+        """A Group of ``parts``."""
+        return cls(*parts)
 
-        return hash_of(self)
-
-    def __repr__(self) -> str:
-        """The constructor call, shortened beyond a few thousand characters (any depth)."""
-        from ._walk import shown
-
-        return shown(self)
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        """Pickles as one flat list (see ``_walk``): any nesting depth pickles."""
-        from ._walk import flatten, unflatten
-
-        return unflatten, (flatten(self),)
+    def walk_repr(self) -> tuple[str, str]:
+        """``Group(`` ... ``)``."""
+        return "Group(", ")"
 
 
 @final
 @dataclass(frozen=True, slots=True, init=False, eq=False, repr=False)
-class WithDelay:
+class WithDelay(WalkedValue):
     """A step whose start is delayed by ``delay`` milliseconds after it is released.
 
     Args:
@@ -236,29 +223,22 @@ class WithDelay:
         object.__setattr__(self, "step", step)
         object.__setattr__(self, "delay", delay)
 
-    def __eq__(self, other: object) -> bool:
-        """Structural equality, compared without recursion (any nesting depth)."""
-        from ._walk import equal
+    def walk_children(self) -> tuple[object, ...]:
+        """The delayed step."""
+        return (self.step,)
 
-        return equal(self, other) if type(other) is type(self) else NotImplemented
+    def walk_head(self) -> tuple[Any, ...]:
+        """The delay."""
+        return (self.delay,)
 
-    def __hash__(self) -> int:
-        """Hashes the whole canvas without recursion (messages with dict fields do not hash)."""
-        from ._walk import hash_of
+    @classmethod
+    def walk_build(cls, parts: list[Any], head: tuple[Any, ...]) -> WithDelay:
+        """``parts[0]`` delayed by the head's delay."""
+        return cls(parts[0], delay=int(head[0]))
 
-        return hash_of(self)
-
-    def __repr__(self) -> str:
-        """The constructor call, shortened beyond a few thousand characters (any depth)."""
-        from ._walk import shown
-
-        return shown(self)
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        """Pickles as one flat list (see ``_walk``): any nesting depth pickles."""
-        from ._walk import flatten, unflatten
-
-        return unflatten, (flatten(self),)
+    def walk_repr(self) -> tuple[str, str]:
+        """``WithDelay(`` ... ``, delay=N)``."""
+        return "WithDelay(", f", delay={self.delay})"
 
 
 _graph_ids = itertools.count(1)
@@ -274,7 +254,7 @@ class NodeRef:
 
 
 @final
-class Graph:
+class Graph(Walked):
     """A DAG of steps, for dependencies that Chain and Group cannot express.
 
     Example::
@@ -337,11 +317,28 @@ class Graph:
         """The steps and, for each, the indices of the steps it waits for."""
         return tuple(self._steps), tuple(tuple(a) for a in self._after)
 
-    def __reduce__(self) -> tuple[Any, ...]:
-        """Pickles as one flat list (see ``_walk``): any nesting depth pickles."""
-        from ._walk import flatten, unflatten
+    def walk_children(self) -> tuple[object, ...]:
+        """The steps, in the order they were added."""
+        return tuple(self._steps)
 
-        return unflatten, (flatten(self),)
+    def walk_head(self) -> tuple[Any, ...]:
+        """For each step, the indices of the steps it waits for."""
+        return self.snapshot()[1]
+
+    @classmethod
+    def walk_build(cls, parts: list[Any], head: tuple[Any, ...]) -> Graph:
+        """A Graph of ``parts`` with the edges of ``head``."""
+        graph = cls()
+        refs = [graph.add(p) for p in parts]
+        afters: tuple[tuple[int, ...], ...] = head
+        for v, after in enumerate(afters):
+            for u in after:
+                graph.edge(refs[u], refs[v])
+        return graph
+
+    def __repr__(self) -> str:
+        """``Graph(N nodes)`` (a Graph compares and hashes by identity)."""
+        return describe(self)
 
 
 #: The composite step classes (a leaf is anything message-shaped).

@@ -1,84 +1,117 @@
 """Walking canvases without recursion: pickling, equality, hashing and repr. Pure.
 
 A canvas may nest 100,000 levels deep (issue 13), while pickle, ``==``, ``hash`` and
-``repr`` of dataclasses recurse once per level and fail a few hundred levels down. So
-``Chain``, ``Group``, ``WithDelay`` and ``Graph`` delegate them to this module, where every
-walk keeps its own stack.
+``repr`` of dataclasses recurse once per level and fail a few hundred levels down. So the
+composite steps derive from :class:`Walked` (pickling) or :class:`WalkedValue` (pickling,
+``==``, ``hash``, ``repr``), whose walks keep their own stack. This module knows steps only
+through that base class (``_graph`` imports it, never the reverse: no import cycle).
 
 Pickling: a canvas pickles as one flat list. In post-order, a message stands for itself, and an
-``_Op`` builds a step from the steps on top of the stack: "c" a Chain of n, "g" a Group of n,
-"d" a WithDelay of delay n, "r" a Graph of n steps and their afters; "s" pushes the n-th step
+``_Op`` builds a step of class ``cls`` from the ``n`` steps on top of the stack and its ``head``
+(what identifies it apart from its children); a share op (``cls`` None) pushes the ``n``-th step
 built so far again, so a sub-canvas used twice is flattened once and stays shared.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, cast, final
+from typing import Any, final
 
-from ._graph import STEP_TYPES, Chain, Graph, Group, Step, WithDelay, describe
-
-__all__ = ["REPR_LIMIT", "equal", "flatten", "hash_of", "shown", "unflatten"]
+__all__ = [
+    "REPR_LIMIT",
+    "Walked",
+    "WalkedValue",
+    "equal",
+    "flatten",
+    "hash_of",
+    "shown",
+    "unflatten",
+]
 
 #: ``repr`` of a canvas stops after about this many characters.
 REPR_LIMIT = 4_000
 
 
-def _children(step: object) -> tuple[object, ...]:
-    if isinstance(step, WithDelay):
-        return (step.step,)
-    if isinstance(step, Graph):
-        return step.snapshot()[0]
-    return cast("Chain | Group", step).steps
+class Walked:
+    """A composite step: what the walks need of it. Pickles as a flat list (any depth)."""
+
+    __slots__ = ()
+
+    def walk_children(self) -> tuple[object, ...]:
+        """The nested steps, in order."""
+        raise NotImplementedError
+
+    def walk_head(self) -> tuple[Any, ...]:
+        """What identifies this step apart from its children (class excluded)."""
+        raise NotImplementedError
+
+    @classmethod
+    def walk_build(cls, parts: list[Any], head: tuple[Any, ...]) -> Walked:
+        """The step of this class with children ``parts`` and head ``head``."""
+        raise NotImplementedError
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickles as one flat list: any nesting depth pickles."""
+        return unflatten, (flatten(self),)
 
 
-def _head(step: object) -> tuple[object, ...]:
-    """What identifies a composite step apart from its children."""
-    if isinstance(step, Chain):
-        return ("c", len(step.steps), step.pipe)
-    if isinstance(step, Group):
-        return ("g", len(step.steps))
-    return ("d", cast("WithDelay", step).delay)
+class WalkedValue(Walked):
+    """A composite step compared, hashed and shown by value (Chain, Group, WithDelay)."""
+
+    __slots__ = ()
+
+    def walk_repr(self) -> tuple[str, str]:
+        """How ``repr`` opens and closes this step around its children."""
+        raise NotImplementedError
+
+    def __eq__(self, other: object) -> bool:
+        """Structural equality, compared without recursion (any nesting depth)."""
+        return equal(self, other) if type(other) is type(self) else NotImplemented
+
+    def __hash__(self) -> int:
+        """Hashes the whole canvas without recursion (messages with dict fields do not hash)."""
+        return hash_of(self)
+
+    def __repr__(self) -> str:
+        """The constructor call, shortened beyond a few thousand characters (any depth)."""
+        return shown(self)
 
 
-_VALUES = frozenset({Chain, Group, WithDelay})
-
-
-def equal(a: Step, b: Step) -> bool:
-    """Whether two canvases have the same structure and equal messages (a Graph equals only
-    itself, as ever)."""
+def equal(a: object, b: object) -> bool:
+    """Whether two canvases have the same structure and equal messages (a step that is not a
+    value, a Graph, equals only itself)."""
     stack: list[tuple[object, object]] = [(a, b)]
     while stack:
         x, y = stack.pop()
         if x is y:
             continue
-        kind = type(x)
-        if kind is not type(y):
+        if type(x) is not type(y):
             return False
-        if kind in _VALUES:
-            if _head(x) != _head(y):
+        if isinstance(x, WalkedValue):
+            assert isinstance(y, WalkedValue)
+            if x.walk_head() != y.walk_head():
                 return False
-            stack.extend(zip(_children(x), _children(y), strict=True))
-        elif kind is Graph or x != y:
+            stack.extend(zip(x.walk_children(), y.walk_children(), strict=True))
+        elif x != y:
             return False
     return True
 
 
-def hash_of(root: Step) -> int:
+def hash_of(root: WalkedValue) -> int:
     """A hash consistent with :func:`equal` (raises ``TypeError`` for an unhashable message)."""
     tokens: list[object] = []
     stack: list[object] = [root]
     while stack:
         step = stack.pop()
-        if type(step) in _VALUES:
-            tokens.append(_head(step))
-            stack.extend(reversed(_children(step)))
+        if isinstance(step, WalkedValue):
+            tokens.append((type(step), step.walk_head()))
+            stack.extend(reversed(step.walk_children()))
         else:
             tokens.append(step)
     return hash(tuple(tokens))
 
 
-def shown(root: Step) -> str:
+def shown(root: WalkedValue) -> str:
     """``Chain(a, Group(b, c), pipe=True)``, cut after :data:`REPR_LIMIT` characters."""
     out: list[str] = []
     size = 0
@@ -87,21 +120,14 @@ def shown(root: Step) -> str:
         item = stack.pop()
         if isinstance(item, str):
             piece = item
-        elif type(item) in _VALUES:
-            if isinstance(item, WithDelay):
-                piece = "WithDelay("
-                stack.append(f", delay={item.delay})")
-            else:
-                piece = f"{type(item).__name__}("
-                pipe = isinstance(item, Chain) and item.pipe
-                stack.append(", pipe=True)" if pipe else ")")
-            kids = _children(item)
+        elif isinstance(item, WalkedValue):
+            piece, closing = item.walk_repr()
+            stack.append(closing)
+            kids = item.walk_children()
             for i in range(len(kids) - 1, -1, -1):
                 stack.append(kids[i])
                 if i:
                     stack.append(", ")
-        elif isinstance(item, Graph):
-            piece = describe(item)
         else:
             piece = repr(item)
         out.append(piece)
@@ -117,13 +143,12 @@ def shown(root: Step) -> str:
 @final
 @dataclass(frozen=True, slots=True)
 class _Op:
-    kind: str
+    cls: type[Walked] | None
     n: int
-    pipe: bool = False
-    afters: tuple[tuple[int, ...], ...] = ()
+    head: tuple[Any, ...] = ()
 
 
-def flatten(root: Step) -> list[object]:
+def flatten(root: Walked) -> list[object]:
     """``root`` as a flat post-order list of messages and build instructions."""
     out: list[object] = []
     built: dict[int, int] = {}  # id(step) -> its index among built steps
@@ -131,65 +156,39 @@ def flatten(root: Step) -> list[object]:
     stack: list[tuple[object, bool]] = [(root, False)]
     while stack:
         step, children_done = stack.pop()
-        if type(step) not in STEP_TYPES:
+        if not isinstance(step, Walked):
             out.append(step)
             continue
         if id(step) in built:
-            out.append(_Op("s", built[id(step)]))
+            out.append(_Op(None, built[id(step)]))
             continue
+        children = step.walk_children()
         if not children_done:
             stack.append((step, True))
-            children: tuple[object, ...]
-            if isinstance(step, WithDelay):
-                children = (step.step,)
-            elif isinstance(step, Graph):
-                children = step.snapshot()[0]
-            else:
-                children = cast("Chain | Group", step).steps
             stack.extend((c, False) for c in reversed(children))
             continue
-        if isinstance(step, Chain):
-            out.append(_Op("c", len(step.steps), pipe=step.pipe))
-        elif isinstance(step, Group):
-            out.append(_Op("g", len(step.steps)))
-        elif isinstance(step, WithDelay):
-            out.append(_Op("d", step.delay))
-        else:
-            graph = cast("Graph", step)
-            out.append(_Op("r", len(graph), afters=graph.snapshot()[1]))
+        out.append(_Op(type(step), len(children), step.walk_head()))
         built[id(step)] = len(built)
         keep.append(step)
     return out
 
 
-def unflatten(flat: list[object]) -> Step:
+def unflatten(flat: list[object]) -> Walked:
     """The canvas :func:`flatten` flattened (shared steps come back shared)."""
     stack: list[Any] = []
-    built: list[Step] = []
+    built: list[Walked] = []
     for op in flat:
         if not isinstance(op, _Op):
             stack.append(op)
             continue
-        if op.kind == "s":
+        if op.cls is None:
             stack.append(built[op.n])
             continue
-        if op.kind == "d":
-            step: Step = WithDelay(stack.pop(), delay=op.n)
-        else:
-            parts = stack[len(stack) - op.n :]
-            del stack[len(stack) - op.n :]
-            if op.kind == "c":
-                step = Chain(*parts, pipe=op.pipe)
-            elif op.kind == "g":
-                step = Group(*parts)
-            else:
-                graph = Graph()
-                refs = [graph.add(p) for p in parts]
-                for v, after in enumerate(op.afters):
-                    for u in after:
-                        graph.edge(refs[u], refs[v])
-                step = graph
+        parts = stack[len(stack) - op.n :]
+        del stack[len(stack) - op.n :]
+        step = op.cls.walk_build(parts, op.head)
         built.append(step)
         stack.append(step)
     (root,) = stack
-    return cast("Step", root)
+    assert isinstance(root, Walked)
+    return root
