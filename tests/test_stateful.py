@@ -32,7 +32,7 @@ What it found is pinned below as minimal sequences marked ``xfail(strict=True)``
 failures once fixed): a stray delivery of an unreleased node while PAUSED/FAILED is held and
 then released early by resume/retry (every engine; the machine does not generate it unless
 ``AIOWF_STATEFUL_KNOWN_BUGS=1``), and RedisStore counting claimed callbacks as running nodes
-(the status check allows for it, marked KNOWN DIVERGENCE). A third, found by hand while
+(fixed: ``test_claimed_callbacks_do_not_count_as_running_nodes``). A third, found by hand while
 writing this and outside the machine's operations: a delivery of an out-of-range node index
 is claimed and counted (Redis) or raises IndexError (memory).
 
@@ -558,12 +558,6 @@ class StoreMachine(RuleBasedStateMachine):
                 else None,
             )
             running = model.running
-            if engine != "memory":
-                # KNOWN DIVERGENCE (see test_claimed_callbacks_do_not_count_as_running_nodes):
-                # RedisStore's meta() counts the claims hash, where claim.lua also records the
-                # "s"/"f" callback deliveries, so status.running includes claimed callbacks
-                # for ever; MemoryStore counts task nodes only.
-                running += sum(1 for k in model.claims if isinstance(k, str))
             want = (
                 model.state,
                 model.ntasks,
@@ -872,23 +866,13 @@ def test_a_stray_copy_while_paused_is_not_released_early(
     assert _completion(done)[2] == (() if how == "pause" else (0,))
 
 
-_RUNNING = "RedisStore counts claimed callbacks in status.running; MemoryStore does not"
-
-
-@pytest.mark.parametrize(
-    "engine",
-    [
-        "memory",
-        pytest.param("ready", marks=pytest.mark.xfail(reason=_RUNNING, strict=True)),
-        pytest.param("direct", marks=pytest.mark.xfail(reason=_RUNNING, strict=True)),
-    ],
-)
+@pytest.mark.parametrize("engine", ENGINES)
 def test_claimed_callbacks_do_not_count_as_running_nodes(
     redis_client: redis.Redis, redis_url: str, engine: str
 ) -> None:
-    """Found by the machine: RedisStore's meta() returns HLEN of the claims hash, where
+    """Found by the machine: RedisStore's meta() returned HLEN of the claims hash, where
     claim.lua also records "s"/"f" callback deliveries (and nothing ever removes them), so a
-    succeeded workflow reports a running node for ever; MemoryStore counts task nodes only."""
+    succeeded workflow reported a running node for ever; MemoryStore counts task nodes only."""
 
     async def steps(sync: Any, aio: Any, engine: str, _: list[str]) -> Any:
         # Given a one-node workflow with on_success, which succeeded

@@ -284,10 +284,13 @@ class _AsyncDriver:
             pipe = self._client.pipeline(transaction=False)
             pipe.hgetall(keys.meta)
             pipe.hlen(keys.claims)
-            raw, running = await pipe.execute()
+            for kind in CallbackKind:  # claim.lua records callback deliveries there too
+                pipe.hexists(keys.claims, kind.value)
+            raw, claims, *callbacks = await pipe.execute()
         if not raw or MetaField.STATE.encode() not in raw:
             return None
-        return {k.decode(): v.decode(errors="replace") for k, v in raw.items()}, int(running)
+        running = int(claims) - sum(map(bool, callbacks))  # task nodes only, as MemoryStore
+        return {k.decode(): v.decode(errors="replace") for k, v in raw.items()}, running
 
     async def control(self, op: str, workflow_id: str, queue_keys: list[str]) -> Completion:
         done = p.parse_control(await self._call(p.control_call(op, workflow_id, queue_keys)))
