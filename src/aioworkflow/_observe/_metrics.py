@@ -32,8 +32,9 @@ Series (labels ``queue_name`` and ``actor_name`` like dramatiq's, times in milli
 from __future__ import annotations
 
 import os
+import sys
 import time
-from typing import TYPE_CHECKING, final
+from typing import TYPE_CHECKING, Any, final
 
 from aioworkflow._machine import Outcome, State
 
@@ -53,9 +54,9 @@ BUCKETS = (5, 10, 25, 50, 75, 100, 250, 500, 750, 1000, 2500, 5000, 7500, 10000,
 
 def metrics_for(broker: dramatiq.Broker) -> Metrics | None:
     """The metrics of this process, if the broker exports dramatiq's (None: no metrics)."""
-    try:
-        from dramatiq.middleware import prometheus
-    except ImportError:  # pragma: no cover - part of dramatiq
+    # only if already imported: importing it creates dramatiq's database directory
+    prometheus: Any = sys.modules.get("dramatiq.middleware.prometheus")
+    if prometheus is None:
         return None
     if not any(isinstance(m, prometheus.Prometheus) for m in broker.middleware):
         return None
