@@ -35,14 +35,22 @@ if TYPE_CHECKING:
 __all__ = ["Observer", "current_traceparent"]
 
 
+#: Whether OpenTelemetry turned out to be missing (a failed import is not cached by Python).
+_no_otel = False
+
+
 def current_traceparent() -> str:
     """The W3C ``traceparent`` a new workflow's node spans descend from ("": no tracing).
 
     "" when OpenTelemetry is not installed or no ``TracerProvider`` is set.
     """
+    global _no_otel  # a process-wide fact, set once
+    if _no_otel:
+        return ""
     try:
         from ._tracing import workflow_root
     except ImportError:
+        _no_otel = True
         return ""
     return workflow_root()
 
