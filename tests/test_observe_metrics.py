@@ -86,12 +86,15 @@ async def test_workflow_metrics_appear_on_dramatiqs_endpoint(worker: int, redis_
     ok = dramatiq.actor(actor_name="ok", queue_name="obs", broker=broker)(stub)
     boom = dramatiq.actor(actor_name="boom", queue_name="obs", broker=broker)(stub)
     try:
-        # When a workflow succeeds and another fails
-        good = await Workflow(Chain(ok.message("a"), Group(ok.message("b"), ok.message("c")))).run()
-        bad = await Workflow(Chain(boom.message())).run()
+        # When a workflow succeeds and another fails (each with a callback, which is no node)
+        canvas = Chain(ok.message("a"), Group(ok.message("b"), ok.message("c")))
+        good = await Workflow(canvas, on_success=ok.message("cb")).run()
+        bad = await Workflow(Chain(boom.message()), on_failure=ok.message("cb")).run()
         assert (await good.wait(timeout=60)).state is State.SUCCEEDED
         assert (await bad.wait(timeout=60)).state is State.FAILED
-        text = _scrape(worker, 'aioworkflow_workflows_total{state="FAILED"}', time.monotonic() + 60)
+        # (dramatiq counts a message after our completion: wait for the callbacks too)
+        text = _scrape(worker, 'dramatiq_messages_total{actor_name="ok",queue_name="obs"} 5.0',
+                       time.monotonic() + 60)  # fmt: skip
     finally:
         broker.close()
         await store.aclose()

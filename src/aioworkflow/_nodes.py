@@ -96,8 +96,7 @@ class NodeOps:
                 for n, blob in zip(wanted, claim.results, strict=True)
             }
             pipe_input(message, workflow_id, node, _build(spec, values))
-        if isinstance(node, int):
-            self.observe.claimed(broker, message, ctx, node)  # observability hook
+        self.observe.claimed(broker, message, ctx, node)  # observability hook
 
     def complete(
         self,

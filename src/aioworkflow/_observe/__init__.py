@@ -90,13 +90,15 @@ class Observer:
             self._ready = True
 
     def claimed(
-        self, broker: dramatiq.Broker, message: MessageProxy, ctx: WorkflowContext, node: int
+        self, broker: dramatiq.Broker, message: MessageProxy, ctx: WorkflowContext, node: object
     ) -> None:
-        """A node's delivery was claimed and its actor is about to run."""
+        """A delivery was claimed and its actor is about to run (callbacks are not observed)."""
         if not self._ready:
             self._setup(broker)
         metrics, tracer = self.metrics, self.tracer
         if metrics is None and (tracer is None or not ctx.loaded.trace):
+            return
+        if not isinstance(node, int):  # a callback ("s"/"f"): not a node of the DAG
             return
         span = None
         if tracer is not None and ctx.loaded.trace:
