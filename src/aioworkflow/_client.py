@@ -25,6 +25,7 @@ from ._dag import Dag, ResultSpec, spec_nodes
 from ._dramatiq import Route, as_callback, direct_mode, route_for
 from ._graph import Step, _check_step  # pyright: ignore[reportPrivateUsage] - _graph's own check
 from ._middleware import find_store
+from ._observe import current_traceparent
 from ._plan import build_upload
 from ._status import Event, State, Transition, WorkflowStatus, status_from_meta
 from ._store._base import Loaded
@@ -142,6 +143,7 @@ class Workflow:
         """
         broker, store = _resolve(broker, store)
         workflow_id = self.id or uuid.uuid4().hex
+        trace = current_traceparent()  # observability: the root of the workflow's trace
 
         def prepare() -> tuple[Loaded, Any, Route]:
             dag = compile_canvas(self.canvas)
@@ -155,9 +157,10 @@ class Workflow:
                 retention_ms=store.retention_ms,
                 now_ms=int(time.time() * 1000),
                 audit=self.audit,
+                trace=trace,
             )
             callbacks = {str(kind): fields for kind, fields in upload.callbacks.items()}
-            loaded = Loaded(dag, str(upload.meta["mode"]), upload.slots, callbacks)
+            loaded = Loaded(dag, str(upload.meta["mode"]), upload.slots, callbacks, trace)
             return loaded, upload, route_for(broker, workflow_id, loaded)
 
         loaded, upload, route = await anyio.to_thread.run_sync(prepare)

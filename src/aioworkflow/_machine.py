@@ -259,6 +259,8 @@ class MetaField(enum.StrEnum):
     #: JSON message fields of the callbacks (names follow the callback wire values).
     ON_SUCCESS = "cb_s"
     ON_FAILURE = "cb_f"
+    #: W3C traceparent of the workflow's root span (only when traced at submit).
+    TRACE = "traceparent"
 
 
 #: Meta field holding each callback's message.

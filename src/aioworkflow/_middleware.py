@@ -189,6 +189,7 @@ class WorkflowMiddleware(dramatiq.Middleware):
         ref = message.options.get(OPTION)
         if ref is None:
             return
+        self._nodes.observe.ran(message, exception)  # observability hook: ends the node's span
         if exception is None and isinstance(ref[1], int):
             try:
                 self._nodes.complete(broker, ref[0], ref[1], result, message)
@@ -203,6 +204,7 @@ class WorkflowMiddleware(dramatiq.Middleware):
 
     def after_skip_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
         """A delivery skipped by another middleware (AgeLimit) may be a final failure."""
+        self._nodes.observe.ran(message, None)  # observability hook: ends the node's span
         if OPTION in message.options and message.failed:
             self._remember(message, None, failure_of(message))
 

@@ -17,6 +17,7 @@ from dramatiq.middleware import SkipMessage
 from . import _codec
 from ._dag import ResultSpec, spec_nodes
 from ._dramatiq import mark_acked, pipe_input
+from ._observe import Observer
 from ._plan import ClaimCode
 from .errors import ResultTooLarge, StoreConnectionError
 
@@ -57,6 +58,7 @@ class NodeOps:
         self.store = store
         self.contexts = contexts
         self.attempts = attempts
+        self.observe = Observer()  # metrics and tracing hooks (no-ops unless enabled)
 
     def retrying(self, call: Callable[[], T]) -> T:
         """Run ``call``, retrying connection errors with back-off (``attempts`` tries)."""
@@ -94,6 +96,7 @@ class NodeOps:
                 for n, blob in zip(wanted, claim.results, strict=True)
             }
             pipe_input(message, workflow_id, node, _build(spec, values))
+        self.observe.claimed(broker, message, ctx, node)  # observability hook
 
     def complete(
         self,
@@ -131,6 +134,7 @@ class NodeOps:
             logger.warning("Workflow %s vanished before node %s completed.", workflow_id, node)
             return
         route.after_barrier(done.released)
+        self.observe.completed(ctx, node, done)  # observability hook
 
     def fail(
         self,
@@ -157,3 +161,4 @@ class NodeOps:
             logger.warning("Workflow %s vanished before node %s failed.", workflow_id, node)
             return
         route.after_barrier(done.released)
+        self.observe.failed(ctx, node, done)  # observability hook

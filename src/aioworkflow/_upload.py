@@ -144,6 +144,7 @@ def build_upload(
     retention_ms: int,
     now_ms: int,
     audit: bool = False,
+    trace: str = "",
 ) -> Upload:
     """Build what a store writes for a new workflow.
 
@@ -156,6 +157,7 @@ def build_upload(
         retention_ms: how long keys live after the workflow ends.
         now_ms: submit time (milliseconds since the epoch).
         audit: log every release as an event (for tests and debugging).
+        trace: W3C traceparent of the root of the workflow's trace ("": not traced).
     """
     callbacks = {CallbackKind.SUCCESS: on_success, CallbackKind.FAILURE: on_failure}
     present = [cb for cb in callbacks.values() if cb is not None]
@@ -173,6 +175,8 @@ def build_upload(
     }
     if audit:
         meta[MetaField.AUDIT] = 1
+    if trace:
+        meta[MetaField.TRACE] = trace
     templates: dict[str, bytes] = {}
     stored: dict[CallbackKind, dict[str, Any]] = {}
     slot_of = {q: i for i, q in enumerate(slots)}

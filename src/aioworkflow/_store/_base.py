@@ -36,6 +36,8 @@ class Loaded:
     slots: list[str]
     #: Callback message fields by ``CallbackKind`` ("s"/"f").
     callbacks: dict[str, dict[str, Any]] = field(default_factory=dict[str, dict[str, Any]])
+    #: W3C traceparent of the workflow's root span ("": not traced; see ``_observe``).
+    trace: str = ""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mode", Mode(self.mode))

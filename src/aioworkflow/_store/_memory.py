@@ -171,7 +171,8 @@ class MemoryStore:
             meta = {str(k): str(v) for k, v in upload.meta.items()}
             meta[MetaField.STATE] = State.PENDING.value
             meta["id"] = workflow_id
-            wf = _Wf(meta, Loaded(dag, Mode.READY, [], callbacks), list(dag.pred_counts))
+            loaded = Loaded(dag, Mode.READY, [], callbacks, meta.get(MetaField.TRACE, ""))
+            wf = _Wf(meta, loaded, list(dag.pred_counts))
             self._wfs[workflow_id] = wf
             wf.meta[MetaField.STARTED] = str(_now())
             out: list[int | CallbackKind] = []

@@ -97,7 +97,9 @@ _EV_KIND = EVENT_FIELDS["kind"].encode()
 _EV_NODE = EVENT_FIELDS["node"].encode()
 _EV_STATE = EVENT_FIELDS["state"].encode()
 #: What ``load`` reads from the meta hash.
-_LOAD_FIELDS = [MetaField.MODE, MetaField.SLOTS, *(CALLBACK_FIELD[kind] for kind in CallbackKind)]
+_LOAD_FIELDS = [
+    MetaField.MODE, MetaField.SLOTS, MetaField.TRACE, *(CALLBACK_FIELD[kind] for kind in CallbackKind)
+]  # fmt: skip
 
 
 @contextlib.contextmanager
@@ -125,11 +127,12 @@ def _json(raw: bytes) -> Any:
 
 
 def _loaded(blob: bytes | None, fields: list[bytes | None]) -> Loaded | None:
-    mode, slots, *cbs = fields
+    mode, slots, trace, *cbs = fields
     if blob is None or mode is None:
         return None
     callbacks: dict[str, Any] = {k: _json(v) for k, v in zip(CallbackKind, cbs, strict=True) if v}
-    return Loaded(Dag.decode(blob), mode.decode(), _json(slots or b"[]"), callbacks)
+    tp = trace.decode() if trace else ""
+    return Loaded(Dag.decode(blob), mode.decode(), _json(slots or b"[]"), callbacks, tp)
 
 
 def _load_cmds(pipe: Any, workflow_id: str) -> None:

@@ -70,6 +70,7 @@ local F = {
     exc_message = 'exc_message',
     on_success = 'cb_s',
     on_failure = 'cb_f',
+    trace = 'traceparent',
 }
 -- the stored format this version writes
 local FORMAT = 2
