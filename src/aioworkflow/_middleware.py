@@ -53,7 +53,7 @@ from ._dramatiq import AckShortcut, failure_of
 from ._nodes import NodeOps
 from ._plan import OPTION
 from ._reconciler import Reconciler
-from .errors import StoreConnectionError
+from .errors import ConfigurationError, StoreConnectionError
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -87,6 +87,27 @@ def _unavailable(call: Callable[[], None]) -> None:
         raise _StoreUnavailable(str(exc)) from exc
 
 
+#: What every store has (``StoreBackend``'s members); checked at construction so that a
+#: wrong argument fails here and not at worker boot with an AttributeError.
+_STORE_MEMBERS = ("sync", "aio", "aclose", "close", "shares_server", "retention_ms")
+
+
+def _check_store(store: object) -> None:
+    missing = [m for m in _STORE_MEMBERS if not hasattr(type(store), m) and not hasattr(store, m)]
+    if missing:
+        hint = ""
+        if type(store).__module__.startswith("dramatiq.rate_limits"):
+            hint = (
+                " (a dramatiq rate-limiter backend, as dramatiq-workflow takes: pass "
+                "RedisStore(client) or MemoryStore(), or use "
+                "aioworkflow.compat.dramatiq_workflow.WorkflowMiddleware)"
+            )
+        raise ConfigurationError(
+            f"WorkflowMiddleware needs a workflow store (RedisStore or MemoryStore), got "
+            f"{type(store).__qualname__}{hint}"
+        )
+
+
 @final
 class WorkflowMiddleware(dramatiq.Middleware):
     """Runs workflow nodes on dramatiq workers. Add it to every broker that runs workflows.
@@ -110,6 +131,7 @@ class WorkflowMiddleware(dramatiq.Middleware):
         cache_size: int = 256,
         store_attempts: int = 5,
     ) -> None:
+        _check_store(store)
         self.store = store
         self._acks = AckShortcut()
         contexts = ContextCache(store, cache_size, self._acks)
