@@ -144,6 +144,7 @@ def build_upload(
     retention_ms: int,
     now_ms: int,
     audit: bool = False,
+    stamped: Mapping[int | str, Mapping[str, Any]] | None = None,
 ) -> Upload:
     """Build what a store writes for a new workflow.
 
@@ -156,7 +157,10 @@ def build_upload(
         retention_ms: how long keys live after the workflow ends.
         now_ms: submit time (milliseconds since the epoch).
         audit: log every release as an event (for tests and debugging).
+        stamped: options the broker's ``before_enqueue`` hooks added, per node index and
+            callback kind (direct mode: rendered into the templates; see ``_dramatiq._hooks``).
     """
+    extra = stamped or {}
     callbacks = {CallbackKind.SUCCESS: on_success, CallbackKind.FAILURE: on_failure}
     present = [cb for cb in callbacks.values() if cb is not None]
     slots = queue_slots(dag, present) if direct else []
@@ -181,7 +185,7 @@ def build_upload(
             continue
         fields = message_fields(
             workflow_id, key, cb.actor_name, cb.queue_name, (*cb.args, workflow_id),
-            cb.kwargs, cb.options,
+            cb.kwargs, {**cb.options, **extra.get(str(key), {})},
         )  # fmt: skip
         stored[key] = fields
         meta[CALLBACK_FIELD[key]] = dumps_json(fields).decode()
@@ -193,8 +197,9 @@ def build_upload(
             delay = dag.delays.get(i, 0)
             eff = f"{queue}.DQ" if delay else queue
             fields = message_fields(
-                workflow_id, i, actor, eff, dag.args[i], dag.kwargs.get(i, {}), options
-            )
+                workflow_id, i, actor, eff, dag.args[i], dag.kwargs.get(i, {}),
+                {**options, **extra[i]} if i in extra else options,
+            )  # fmt: skip
             templates[str(i)] = b"%d:%d:" % (slot_of[eff], delay) + template(
                 fields, delayed=bool(delay)
             )

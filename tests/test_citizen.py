@@ -1,0 +1,195 @@
+"""aioworkflow as a good citizen of dramatiq: other middleware, encoders, sync misuse, waits."""
+
+from __future__ import annotations
+
+import datetime
+import threading
+import time
+import uuid
+from typing import Any
+
+import dramatiq
+import pytest
+from dramatiq.brokers.stub import StubBroker
+from dramatiq.middleware import CurrentMessage
+from dramatiq.rate_limits.backends import StubBackend
+
+from aioworkflow import (
+    Chain,
+    ConfigurationError,
+    GraphError,
+    Group,
+    MemoryStore,
+    State,
+    WithDelay,
+    Workflow,
+    WorkflowMiddleware,
+)
+from aioworkflow._compiler import compile as compile_canvas
+from tests.conftest import Env, poll_until
+
+
+def noop_actor(broker: dramatiq.Broker, name: str) -> Any:
+    """An actor that does nothing, declared on ``broker``."""
+
+    def noop(*args: Any, **kwargs: Any) -> None:
+        pass
+
+    return dramatiq.actor(actor_name=name, broker=broker)(noop)
+
+
+class Tenant(dramatiq.Middleware):
+    """An application middleware stamping a tenant id on every message it sees enqueued."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.before: list[str] = []
+        self.after: list[str] = []
+
+    def before_enqueue(self, broker: dramatiq.Broker, message: Any, delay: int | None) -> None:
+        message.options["tenant"] = f"t-{message.args[0]}"
+        with self.lock:
+            self.before.append(str(message.args[0]))
+
+    def after_enqueue(self, broker: dramatiq.Broker, message: Any, delay: int | None) -> None:
+        with self.lock:
+            self.after.append(str(message.args[0]))
+
+
+class TestOtherMiddleware:
+    async def test_every_node_and_callback_goes_through_the_enqueue_hooks(self, env: Env) -> None:
+        # Given an app middleware that stamps an option in before_enqueue
+        tenant = Tenant()
+        env.broker.add_middleware(tenant)
+        env.broker.add_middleware(CurrentMessage())
+        seen: dict[str, Any] = {}
+        lock = threading.Lock()
+
+        def task(label: Any, *rest: Any) -> None:
+            msg = CurrentMessage.get_current_message()
+            assert msg is not None
+            with lock:
+                seen[str(label)] = msg.options.get("tenant")
+
+        t = env.actor(task, actor_name=f"stamped_{env.name}")
+        labels = [str(i) for i in range(10)]
+        canvas = Chain(t.message("0"), Group(*[t.message(x) for x in labels[1:9]]), t.message("9"))
+        env.worker()
+        # When a workflow with a success callback runs
+        handle = await Workflow(canvas, on_success=t.message("done")).run()
+        assert (await handle.wait(timeout=30)).state is State.SUCCEEDED
+        await poll_until(lambda: "done" in seen, 10, "the success callback ran")
+        # Then all 11 messages went through both hooks, and the stamp reached each actor
+        assert sorted(tenant.before) == sorted([*labels, "done"])
+        assert sorted(tenant.after) == sorted([*labels, "done"])
+        assert seen == {x: f"t-{x}" for x in [*labels, "done"]}
+
+
+class TestEncodableArguments:
+    @pytest.mark.parametrize(
+        "value", [datetime.datetime(2026, 1, 1), datetime.date(2026, 1, 1), uuid.uuid4(), {1, 2}]
+    )
+    def test_what_dramatiqs_json_encoder_refuses_is_refused_not_changed(self, value: Any) -> None:
+        broker = StubBroker()
+        t = noop_actor(broker, "enc_task")
+        with pytest.raises(GraphError, match="cannot be encoded as JSON"):
+            compile_canvas(Chain(t.message(1), t.message(value)))
+        with pytest.raises(GraphError, match="cannot be encoded as JSON"):
+            compile_canvas(t.message(key=[{"at": value}]))
+
+    def test_what_it_accepts_keeps_the_value_it_would_send(self) -> None:
+        import enum
+
+        class Level(enum.IntEnum):
+            HIGH = 3
+
+        broker = StubBroker()
+        t = noop_actor(broker, "enc_ok")
+        dag = compile_canvas(t.message(Level.HIGH, "x", 2.5))
+        assert dag.node(0).args == (3, "x", 2.5)
+
+    async def test_run_raises_before_storing_anything(self) -> None:
+        broker = StubBroker()
+        store = MemoryStore()
+        broker.add_middleware(WorkflowMiddleware(store))
+        t = noop_actor(broker, "enc_run")
+        with pytest.raises(GraphError):
+            await Workflow(t.message(uuid.uuid4()), id="enc").run(broker=broker)
+        assert store.sync.load("enc") is None
+
+
+class TestSyncMisuse:
+    def test_run_from_sync_code_raises_at_once_naming_run_sync(self) -> None:
+        broker = StubBroker()
+        broker.add_middleware(WorkflowMiddleware(MemoryStore()))
+        t = noop_actor(broker, "sync_misuse")
+        with pytest.raises(ConfigurationError, match=r"run_sync\(\)"):
+            not_awaited = Workflow(t.message(1)).run(broker=broker)
+            not_awaited.close()  # not reached: run() raised
+
+    async def test_run_in_a_loop_still_returns_an_awaitable(self) -> None:
+        broker = StubBroker()
+        broker.add_middleware(WorkflowMiddleware(MemoryStore()))
+        t = noop_actor(broker, "sync_ok")
+        handle = await Workflow(t.message(1)).run(broker=broker)
+        assert (await handle.status()).state is State.RUNNING
+
+    def test_run_sync_works_from_sync_code(self) -> None:
+        broker = StubBroker()
+        broker.add_middleware(WorkflowMiddleware(MemoryStore()))
+        t = noop_actor(broker, "sync_sync")
+        assert Workflow(t.message(1)).run_sync(broker=broker).status().state is State.RUNNING
+
+    @pytest.mark.parametrize(
+        "wrong",
+        [
+            StubBackend(),  # type: ignore[no-untyped-call]
+            None,
+            "redis://localhost",
+            object(),
+        ],
+    )
+    def test_the_middleware_refuses_anything_but_a_store(self, wrong: Any) -> None:
+        with pytest.raises(ConfigurationError, match="needs a workflow store"):
+            WorkflowMiddleware(wrong)
+
+    def test_a_rate_limiter_backend_gets_a_hint_to_the_compat_layer(self) -> None:
+        with pytest.raises(ConfigurationError, match=r"compat\.dramatiq_workflow"):
+            WorkflowMiddleware(StubBackend())  # type: ignore[no-untyped-call, arg-type]
+
+
+class TestWaitSteps:
+    def test_a_delayed_empty_step_delays_what_follows(self) -> None:
+        broker = StubBroker()
+        t = noop_actor(broker, "wait_task")
+        dag = compile_canvas(Chain(t.message(1), WithDelay(Chain(), delay=250), t.message(2)))
+        assert len(dag) == 2
+        assert dag.node(1).delay == 250
+        assert dag.node(0).delay == 0
+        assert dag.task_successors(0) == (1,)
+
+    def test_waits_add_up_and_pass_through_groups_and_leading_position(self) -> None:
+        broker = StubBroker()
+        t = noop_actor(broker, "wait_task2")
+        canvas = Chain(
+            WithDelay(Chain(), delay=100),
+            WithDelay(WithDelay(Group(), delay=5), delay=7),
+            Group(t.message(1), WithDelay(t.message(2), delay=1)),
+        )
+        dag = compile_canvas(canvas)
+        assert sorted(dag.node(i).delay for i in range(len(dag))) == [112, 113]
+        assert len(dag.roots) == 2
+
+    async def test_a_wait_step_holds_the_next_node_back_at_run_time(self, env: Env) -> None:
+        starts: dict[str, float] = {}
+
+        def task(label: str) -> None:
+            starts[label] = time.monotonic()
+
+        t = env.actor(task, actor_name=f"waiting_{env.name}")
+        env.worker()
+        handle = await Workflow(
+            Chain(t.message("a"), WithDelay(Chain(), delay=600), t.message("b"))
+        ).run()
+        assert (await handle.wait(timeout=30)).state is State.SUCCEEDED
+        assert starts["b"] - starts["a"] >= 0.55
