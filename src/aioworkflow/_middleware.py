@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import TYPE_CHECKING, Any, final
+from typing import TYPE_CHECKING, Any
 
 import dramatiq
 from dramatiq.errors import ActorNotFound, BrokerConnectionError
@@ -108,7 +108,6 @@ def _check_store(store: object) -> None:
         )
 
 
-@final
 class WorkflowMiddleware(dramatiq.Middleware):
     """Runs workflow nodes on dramatiq workers. Add it to every broker that runs workflows.
 
