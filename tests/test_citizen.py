@@ -193,3 +193,61 @@ class TestWaitSteps:
         ).run()
         assert (await handle.wait(timeout=30)).state is State.SUCCEEDED
         assert starts["b"] - starts["a"] >= 0.55
+
+
+class TestEncoders:
+    async def test_a_foreign_encoder_falls_back_to_ready_mode_saying_why_once(
+        self, redis_url: str, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        import logging
+
+        import redis as redis_lib
+        from dramatiq.brokers.redis import RedisBroker
+        from dramatiq.encoder import PickleEncoder
+
+        from aioworkflow import RedisStore
+        from aioworkflow._dramatiq import _route
+
+        redis_lib.Redis.from_url(redis_url).flushdb()
+        broker = RedisBroker(url=redis_url)  # type: ignore[no-untyped-call]
+        store = RedisStore(url=redis_url)
+        broker.add_middleware(WorkflowMiddleware(store))
+        t = noop_actor(broker, "pickled")
+        previous = dramatiq.get_encoder()
+        dramatiq.set_encoder(PickleEncoder())
+        _route._explained.clear()  # pyright: ignore[reportPrivateUsage]
+        try:
+            with caplog.at_level(logging.WARNING, logger="aioworkflow"):
+                worker = dramatiq.Worker(broker, worker_threads=2)
+                worker.start()
+                try:
+                    handle = await Workflow(Chain(t.message(1), t.message(2))).run(broker=broker)
+                    await Workflow(t.message(3)).run(broker=broker)
+                    assert (await handle.wait(timeout=30)).state is State.SUCCEEDED
+                finally:
+                    worker.stop()
+        finally:
+            dramatiq.set_encoder(previous)
+            broker.close()
+            await store.aclose()
+            store.close()
+        lines = [r.getMessage() for r in caplog.records if "ready mode" in r.getMessage()]
+        assert len(lines) == 1
+        assert "PickleEncoder" in lines[0]
+
+    def test_lz4_json_encoder_reads_dramatiq_workflows_lz4_format(self) -> None:
+        import lz4.frame
+        from dramatiq.encoder import JSONEncoder
+
+        from aioworkflow import LZ4JSONEncoder
+
+        broker = StubBroker()
+        t = noop_actor(broker, "lz4_old")
+        message = t.message("x" * 5000, n=1)
+        # dramatiq-workflow's README encoder: a bare lz4 frame of dramatiq's JSON
+        legacy = lz4.frame.compress(JSONEncoder().encode(message.asdict()))
+        decoded = LZ4JSONEncoder().decode(legacy)
+        assert decoded["args"] == ["x" * 5000]
+        assert decoded["message_id"] == message.message_id
+        with pytest.raises(dramatiq.errors.DecodeError):
+            LZ4JSONEncoder(max_size=1000).decode(legacy)

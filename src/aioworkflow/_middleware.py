@@ -49,7 +49,7 @@ from dramatiq.errors import ActorNotFound, BrokerConnectionError
 from dramatiq.middleware import MiddlewareError
 
 from ._context import ContextCache
-from ._dramatiq import AckShortcut, failure_of
+from ._dramatiq import AckShortcut, direct_mode, failure_of
 from ._nodes import NodeOps
 from ._plan import OPTION
 from ._reconciler import Reconciler
@@ -254,8 +254,13 @@ class WorkflowMiddleware(dramatiq.Middleware):
         self._settled()
 
     def before_worker_boot(self, broker: dramatiq.Broker, worker: Worker) -> None:
-        """On a RedisBroker of the store's Redis, let ``complete.lua`` ack successes."""
+        """On a RedisBroker of the store's Redis, let ``complete.lua`` ack successes.
+
+        Also logs, once, why workflows fall back to ready mode if dramatiq's encoder is not
+        one the scripts can write (see ``direct_mode``).
+        """
         self._acks.install(self.store, broker)
+        direct_mode(self.store, broker)
 
     def after_worker_boot(self, broker: dramatiq.Broker, worker: Worker) -> None:
         """Start this process's reconciler thread."""
