@@ -139,8 +139,12 @@ class WireScripts:
 
     @classmethod
     def for_client(cls, client: Any, sources: Mapping[ScriptName, str]) -> WireScripts | None:
-        """A wire path equivalent to ``client``, or None where only redis-py will do."""
-        if type(client) is not redis.Redis:
+        """A wire path equivalent to ``client``, or None where only redis-py will do.
+
+        ``AIOWORKFLOW_NO_WIRE=1`` in the environment turns it off (redis-py for every script;
+        used by ``bench/bench_wire.py`` to compare the two).
+        """
+        if os.environ.get("AIOWORKFLOW_NO_WIRE") == "1" or type(client) is not redis.Redis:
             return None
         pool = client.connection_pool
         if pool.connection_class is not redis.connection.Connection:
