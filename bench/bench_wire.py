@@ -41,7 +41,6 @@ def child(url: str, group: int, chain: int) -> dict[str, float]:
     from dramatiq.brokers.redis import RedisBroker
 
     from aioworkflow import Chain, Group, RedisStore, Workflow, WorkflowMiddleware
-    from aioworkflow._store import _redis
 
     redis.Redis.from_url(url).flushdb()
     broker = RedisBroker(url=url)  # type: ignore[no-untyped-call]
@@ -54,8 +53,7 @@ def child(url: str, group: int, chain: int) -> dict[str, float]:
         pass
 
     hiredis = redis.utils.HIREDIS_AVAILABLE
-    wire = store.sync._wire is not None  # type: ignore[attr-defined]  # noqa: SLF001
-    del _redis
+    wire = store.sync._wire is not None
     worker = dramatiq.Worker(broker, worker_threads=8, worker_timeout=100)
     worker.start()
 
@@ -116,11 +114,14 @@ def main() -> None:
     finally:
         server.stop()
     base = {s: statistics.median(results["wire"][s]) for s in ("group", "chain")}
-    print(f"{'variant':<18} {'group tasks/s':>14} {'chain tasks/s':>14}  (median of {args.rounds})")
+    print(f"tasks/s, median (min-max) of {args.rounds} rounds; x: relative to the wire path")
     for name in VARIANTS:
-        row = [statistics.median(results[name][s]) for s in ("group", "chain")]
-        rel = [f"{v / base[s]:.2f}x" for v, s in zip(row, ("group", "chain"), strict=True)]
-        print(f"{name:<18} {row[0]:>10.0f} {rel[0]:>5} {row[1]:>9.0f} {rel[1]:>5}")
+        cells = []
+        for s in ("group", "chain"):
+            v = results[name][s]
+            med = statistics.median(v)
+            cells.append(f"{s} {med:7.0f} ({min(v):.0f}-{max(v):.0f}) {med / base[s]:.2f}x")
+        print(f"{name:<18} " + "   ".join(cells))
 
 
 if __name__ == "__main__":
