@@ -12,7 +12,7 @@ import dramatiq
 import pytest
 from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware import CurrentMessage
-from dramatiq.rate_limits.backends import StubBackend
+from dramatiq.rate_limits.backends import RedisBackend, StubBackend
 
 from aioworkflow import (
     Chain,
@@ -144,6 +144,7 @@ class TestSyncMisuse:
         "wrong",
         [
             StubBackend(),  # type: ignore[no-untyped-call]
+            RedisBackend(url="redis://127.0.0.1:1"),  # dramatiq-workflow's signature
             None,
             "redis://localhost",
             object(),
@@ -251,3 +252,21 @@ class TestEncoders:
         assert decoded["message_id"] == message.message_id
         with pytest.raises(dramatiq.errors.DecodeError):
             LZ4JSONEncoder(max_size=1000).decode(legacy)
+
+
+class TestWireSwitch:
+    def test_aioworkflow_no_wire_turns_the_wire_path_off(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        import redis as redis_lib
+
+        from aioworkflow._store._scripts import SOURCES
+        from aioworkflow._store._wire import WireScripts
+
+        client = redis_lib.Redis(host="127.0.0.1", port=1)
+        on = WireScripts.for_client(client, SOURCES)
+        assert on is not None
+        on.close()
+        monkeypatch.setenv("AIOWORKFLOW_NO_WIRE", "1")
+        assert WireScripts.for_client(client, SOURCES) is None
+        client.close()
