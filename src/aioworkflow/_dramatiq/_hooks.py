@@ -9,8 +9,9 @@ it reaches the actor on every delivery of that node (retries and ``retry()`` inc
 ``after_enqueue`` runs once the workflow is stored and started.
 
 Differences from a plain ``broker.enqueue``, documented in the README: the hooks see the node's
-message at submit, not when it is released; the ``message_id`` they see is the message's own,
-while each push gets a fresh ``redis_message_id``; ``delay`` is the node's own delay.
+message at submit, not when it is released; the ``message_id`` they see is not the one its
+deliveries carry (each push gets a fresh ``message_id``, as ready mode's releases do, until
+message identity is kept, see the issue-16 report); ``delay`` is the node's own delay.
 """
 
 from __future__ import annotations
