@@ -10,8 +10,8 @@ it reaches the actor on every delivery of that node (retries and ``retry()`` inc
 
 Differences from a plain ``broker.enqueue``, documented in the README: the hooks see the node's
 message at submit, not when it is released; the ``message_id`` they see is not the one its
-deliveries carry (each push gets a fresh ``message_id``, as ready mode's releases do, until
-message identity is kept, see the issue-16 report); ``delay`` is the node's own delay.
+deliveries carry (each push gets a fresh ``message_id``, as each release in ready mode
+does); ``delay`` is the node's own delay.
 """
 
 from __future__ import annotations
