@@ -203,6 +203,23 @@ class _Reference:
         self.edges: set[tuple[int, int]] = set()
         self.leaves: list[int] = []
         self.delays: dict[int, int] = {}
+        self.waits: list[int] = []
+
+    def walk(self, canvas: Any) -> None:
+        """Walk ``canvas``, then replace each wait step by delays on the steps after it."""
+        self.frag(canvas)
+        pending = set(self.waits)
+        while pending:
+            # A wait none of whose predecessors is still a wait (waits are acyclic).
+            w = next(w for w in pending if not any(a in pending for a, b in self.edges if b == w))
+            pending.discard(w)
+            before = {a for a, b in self.edges if b == w}
+            after = {b for a, b in self.edges if a == w}
+            self.edges = {(a, b) for a, b in self.edges if w not in (a, b)}
+            self.edges |= {(a, b) for a in before for b in after}
+            for b in after:
+                self.delays[b] += self.delays[w]
+            del self.delays[w]
 
     def frag(self, step: Any) -> tuple[set[int], set[int]]:
         """(entries, exits) of a step. An empty step has neither."""
@@ -226,6 +243,13 @@ class _Reference:
             return entries, exits
         if isinstance(step, WithDelay):
             entries, exits = self.frag(step.step)
+            if not entries:
+                # A wait step: a stand-in (negative label) that holds the delay until
+                # ``resolve_waits`` hands it to the steps after it.
+                w = -1 - len(self.waits)
+                self.waits.append(w)
+                self.delays[w] = 0
+                entries, exits = {w}, {w}
             for v in entries:
                 self.delays[v] += step.delay
             return entries, exits
@@ -280,7 +304,7 @@ def evaluate(spec: ResultSpec, labels: list[int]) -> Any:
 def required_order(canvas: Any) -> tuple[list[int], set[tuple[int, int]]]:
     """All leaf labels, and the transitive "finishes before" relation between them."""
     ref = _Reference()
-    ref.frag(canvas)
+    ref.walk(canvas)
     succ: dict[int, set[int]] = {v: set() for v in ref.leaves}
     for a, b in ref.edges:
         succ[a].add(b)
@@ -299,7 +323,7 @@ def required_order(canvas: Any) -> tuple[list[int], set[tuple[int, int]]]:
 def required_delays(canvas: Any) -> dict[int, int]:
     """The delay (ms) each leaf carries: the sum of the ``WithDelay`` steps it is an entry of."""
     ref = _Reference()
-    ref.frag(canvas)
+    ref.walk(canvas)
     return ref.delays
 
 

@@ -23,12 +23,15 @@ from . import _codec
 from ._compiler import compile as compile_canvas
 from ._dag import Dag, ResultSpec, spec_nodes
 from ._dramatiq import Route, as_callback, direct_mode, route_for
+from ._dramatiq._hooks import Stamped, stamp_direct
 from ._graph import Step, _check_step  # pyright: ignore[reportPrivateUsage] - _graph's own check
+from ._machine import CallbackKind
 from ._middleware import find_store
 from ._observe import current_traceparent
-from ._plan import build_upload
+from ._plan import Callback, build_upload
 from ._status import Event, State, Transition, WorkflowStatus, status_from_meta
 from ._store._base import Loaded
+from ._upload import message_fields
 from .errors import (
     ConfigurationError,
     MessageTooLarge,
@@ -40,7 +43,7 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+    from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 
     from ._store._base import StoreBackend
 
@@ -58,6 +61,31 @@ def _check_sizes(dag: Dag, limit: int) -> None:
         size = len(_codec.dumps_json(args)) + len(_codec.dumps_json(dag.kwargs.get(i, {})))
         if size > limit:
             raise MessageTooLarge(i, dag.node(i).actor_name, size, limit)
+
+
+def _callback_fields(
+    workflow_id: str, on_success: Callback | None, on_failure: Callback | None
+) -> dict[str, dict[str, Any]]:
+    """The callbacks' message fields by kind, for the enqueue hooks (direct mode)."""
+    out: dict[str, dict[str, Any]] = {}
+    for kind, cb in ((CallbackKind.SUCCESS, on_success), (CallbackKind.FAILURE, on_failure)):
+        if cb is not None:
+            out[str(kind)] = message_fields(
+                workflow_id, str(kind), cb.actor_name, cb.queue_name, (*cb.args, workflow_id),
+                cb.kwargs, cb.options,
+            )  # fmt: skip
+    return out
+
+
+def _require_event_loop(what: str, instead: str) -> None:
+    """Raise when no event loop runs in this thread: the coroutine would never be awaited."""
+    try:
+        anyio.get_current_task()
+    except RuntimeError:  # anyio's NoEventLoopError (sniffio's error on older anyio)
+        raise ConfigurationError(
+            f"{what} was called with no running event loop: it returns a coroutine to await; "
+            f"from sync code call {instead}"
+        ) from None
 
 
 def _resolve(
@@ -124,16 +152,21 @@ class Workflow:
         """Compile the canvas (pure; raises GraphError)."""
         return compile_canvas(self.canvas)
 
-    async def run(
+    def run(
         self, *, broker: dramatiq.Broker | None = None, store: StoreBackend | None = None
-    ) -> WorkflowHandle:
-        """Compile, store and start the workflow.
+    ) -> Coroutine[Any, Any, WorkflowHandle]:
+        """Compile, store and start the workflow: ``handle = await workflow.run()``.
 
         Args:
             broker: defaults to dramatiq's global broker.
             store: defaults to the store of the broker's ``WorkflowMiddleware``.
 
+        ``run()`` itself is a plain method that returns the coroutine to await, so that a call
+        from sync code (no running event loop), where a coroutine would be created and silently
+        dropped, raises at once instead (use :meth:`run_sync` there).
+
         Raises:
+            ConfigurationError: called with no running event loop (raised by ``run()`` itself).
             GraphError: the canvas does not compile (nothing is stored).
             MessageTooLarge: a node's arguments exceed ``max_message_bytes``.
             WorkflowExists: ``id`` is taken (nothing is changed).
@@ -141,30 +174,48 @@ class Workflow:
                 over about 3 s); the attempts of one call are idempotent, so a retried
                 submission never starts a node twice.
         """
+        _require_event_loop("Workflow.run()", "Workflow.run_sync()")
+        return self._run(broker, store)
+
+    async def _run(
+        self, broker: dramatiq.Broker | None, store: StoreBackend | None
+    ) -> WorkflowHandle:
         broker, store = _resolve(broker, store)
         workflow_id = self.id or uuid.uuid4().hex
         trace = current_traceparent()  # observability: the root of the workflow's trace
 
-        def prepare() -> tuple[Loaded, Any, Route]:
+        def prepare() -> tuple[Loaded, Any, Route, Stamped | None]:
             dag = compile_canvas(self.canvas)
             _check_sizes(dag, self.max_message_bytes)
+            direct = direct_mode(store, broker)
+            on_success, on_failure = as_callback(self.on_success), as_callback(self.on_failure)
+            stamped = (
+                stamp_direct(
+                    broker, workflow_id, dag, _callback_fields(workflow_id, on_success, on_failure)
+                )
+                if direct
+                else None
+            )
             upload = build_upload(
                 workflow_id,
                 dag,
-                direct=direct_mode(store, broker),
-                on_success=as_callback(self.on_success),
-                on_failure=as_callback(self.on_failure),
+                direct=direct,
+                on_success=on_success,
+                on_failure=on_failure,
                 retention_ms=store.retention_ms,
                 now_ms=int(time.time() * 1000),
                 audit=self.audit,
                 trace=trace,
+                stamped=None if stamped is None else stamped.options,
             )
             callbacks = {str(kind): fields for kind, fields in upload.callbacks.items()}
             loaded = Loaded(dag, str(upload.meta["mode"]), upload.slots, callbacks, trace)
-            return loaded, upload, route_for(broker, workflow_id, loaded)
+            return loaded, upload, route_for(broker, workflow_id, loaded), stamped
 
-        loaded, upload, route = await anyio.to_thread.run_sync(prepare)
+        loaded, upload, route, stamped = await anyio.to_thread.run_sync(prepare)
         started = await store.aio().submit(workflow_id, upload, route.queue_keys)
+        if stamped is not None and stamped.messages:
+            await anyio.to_thread.run_sync(stamped.after_enqueue, broker)
         handle = WorkflowHandle(workflow_id, broker=broker, store=store)
         handle._cache = (loaded, route)  # pyright: ignore[reportPrivateUsage] - primes its own handle
         await route.send_async(started.released)
@@ -174,7 +225,7 @@ class Workflow:
         self, *, broker: dramatiq.Broker | None = None, store: StoreBackend | None = None
     ) -> SyncWorkflowHandle:
         """``run()`` for sync code: blocks until the workflow is stored and started."""
-        handle = _portal_call(lambda: self.run(broker=broker, store=store))
+        handle = _portal_call(lambda: self._run(broker, store))
         return SyncWorkflowHandle(handle)
 
 

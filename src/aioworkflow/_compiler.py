@@ -38,6 +38,8 @@ Hostile canvases (issue 13) fail with a typed error before anything is built or 
 
 from __future__ import annotations
 
+import json
+import re
 from collections import deque
 from typing import TYPE_CHECKING, Any, cast
 
@@ -139,13 +141,14 @@ def _measure(root: Step) -> tuple[int, int]:
 
 
 class _Builder:
-    __slots__ = ("delay", "leaves", "pipe", "succ")
+    __slots__ = ("delay", "leaves", "pipe", "succ", "waits")
 
     def __init__(self) -> None:
         self.succ: list[list[int]] = []
         self.leaves: list[MessageLike | None] = []  # None marks a join vertex
         self.delay: dict[int, int] = {}
         self.pipe: dict[int, ResultSpec] = {}
+        self.waits: set[int] = set()  # join vertices standing for wait steps
 
     def vertex(self, leaf: MessageLike | None) -> int:
         self.succ.append([])
@@ -223,6 +226,11 @@ class _Builder:
 
     def with_delay(self, step: WithDelay) -> Generator[Step, _Fragment, _Fragment]:
         entries, exits, result = yield from self.sub(step.step)
+        if not entries and not exits:
+            # A wait step (``WithDelay(Chain(), delay=...)``): a join vertex holds the delay
+            # until ``_resolve_waits`` hands it on to the tasks after it.
+            entries = exits = [self.vertex(None)]
+            self.waits.add(entries[0])
         for v in entries:
             self.delay[v] = self.delay.get(v, 0) + step.delay
         return entries, exits, result
@@ -303,24 +311,108 @@ def _pass_through(
     return cast("list[list[int]]", eff)
 
 
+def _resolve_waits(b: _Builder, order: list[int]) -> set[int]:
+    """Hand the delay of each wait step on to the steps after it; returns the vertices dropped.
+
+    A wait step compiles to a delayed join vertex, which is then bypassed: its predecessors
+    lead straight to its successors, and each successor adds the wait's delay to its own
+    (counted, like any delay, from the successor's release). A delay that reaches an ordinary
+    join vertex goes on to the join's successors. Walking in topological order passes a wait's
+    delay through the waits and joins after it. A wait at the very end of the workflow has
+    nothing to delay and is dropped. An ordinary join left with no predecessor or no successor
+    by those bypasses is bypassed too (the runtime only releases joins that have both).
+    """
+    if not b.waits:
+        return set()
+    joins = [v for v in order if b.leaves[v] is None]
+    preds: dict[int, list[int]] = {v: [] for v in joins}
+    for u, succ in enumerate(b.succ):
+        for w in succ:
+            if w in preds:
+                preds[w].append(u)
+    dropped: set[int] = set()
+
+    def bypass(v: int) -> None:
+        after = b.succ[v]
+        for x in after:
+            if x in preds:
+                preds[x] = [p for p in preds[x] if p != v] + preds[v]
+        for u in preds[v]:
+            b.succ[u] = list(
+                dict.fromkeys(x for y in b.succ[u] for x in (after if y == v else (y,)))
+            )
+        b.succ[v] = []
+        dropped.add(v)
+
+    for v in joins:
+        b.pipe.pop(v, None)
+        d = b.delay.pop(v, 0)
+        if d:
+            for x in b.succ[v]:
+                b.delay[x] = b.delay.get(x, 0) + d
+        if v in b.waits or not preds[v]:
+            bypass(v)
+    for v in reversed(joins):
+        if v not in dropped and not b.succ[v]:
+            bypass(v)
+    return dropped
+
+
 def _options(msg: MessageLike) -> dict[str, Any]:
     return {k: v for k, v in msg.options.items() if k not in INTERNAL_OPTIONS}
 
 
+#: orjson writes these natively, where dramatiq's JSONEncoder (``json.dumps``) raises or writes
+#: something else: they go to ``_as_dramatiq_json`` instead, which decides as json.dumps does.
+_STRICT = (
+    orjson.OPT_PASSTHROUGH_DATETIME
+    | orjson.OPT_PASSTHROUGH_DATACLASS
+    | orjson.OPT_PASSTHROUGH_SUBCLASS
+)
+#: A UUID as orjson writes it: the one value orjson encodes natively that json.dumps refuses and
+#: that no passthrough option covers (seeing this text, the columns are checked with json.dumps).
+_UUID_TEXT = re.compile(rb'"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"')
+
+
+def _as_dramatiq_json(value: object) -> object:
+    """orjson's ``default``: what json.dumps writes for a value orjson passed through."""
+    # json.dumps writes subclasses of the JSON types (IntEnum, StrEnum, OrderedDict, ...) as
+    # their base type's value; anything else (datetime, UUID, dataclasses, sets) it refuses.
+    if isinstance(value, str):
+        return str(value)
+    if isinstance(value, int):  # bool never gets here: orjson writes it natively
+        return int(value)
+    if isinstance(value, float):
+        return float(value)
+    if isinstance(value, dict):
+        return dict(value)  # pyright: ignore[reportUnknownArgumentType, reportUnknownVariableType]
+    if isinstance(value, (list, tuple)):
+        return list(cast("list[Any]", value))
+    raise TypeError(
+        f"{type(value).__qualname__} is not JSON serializable (dramatiq's JSONEncoder refuses "
+        "it; pass it as a string or number yourself)"
+    )
+
+
+def _dumps_strict(values: object) -> bytes:
+    """JSON of ``values`` as dramatiq's JSONEncoder would accept it, or TypeError."""
+    blob = orjson.dumps(values, default=_as_dramatiq_json, option=_STRICT)
+    # orjson writes NaN and infinities as null: refuse them rather than change them.
+    if b"null" in blob and has_nonfinite(values):
+        raise TypeError("a float NaN or infinity has no JSON form")
+    if _UUID_TEXT.search(blob) is not None:
+        json.dumps(values, default=_as_dramatiq_json)  # raises TypeError on a uuid.UUID
+    return blob
+
+
 def _normalise(columns: list[Any], leaves: list[MessageLike]) -> Any:
     try:
-        blob = orjson.dumps(columns)
-        # orjson writes NaN and infinities as null: refuse them rather than change them.
-        if b"null" in blob and has_nonfinite(columns):
-            raise TypeError("a float NaN or infinity")
-        return orjson.loads(blob)
+        return orjson.loads(_dumps_strict(columns))
     except TypeError as exc:
         for leaf in leaves:
             values = [leaf.args, dict(leaf.kwargs), _options(leaf)]
             try:
-                orjson.dumps(values)
-                if has_nonfinite(values):
-                    raise TypeError("a float NaN or infinity has no JSON form")
+                _dumps_strict(values)
             except TypeError as leaf_exc:
                 raise GraphError(
                     f"{describe(leaf)}: an argument or option cannot be encoded as JSON: {leaf_exc}"
@@ -369,12 +461,6 @@ def compile(canvas: Step, *, max_nodes: int = DEFAULT_MAX_NODES) -> Dag:
         )
     b = _Builder()
     result = b.fragment(canvas)[2]
-    for v, d in b.delay.items():
-        if d > MAX_DELAY_MS:
-            raise GraphError(
-                f"{describe(b.leaves[v])}: nested WithDelay steps add up to {d} ms, more than "
-                f"the maximum of {MAX_DELAY_MS} ms"
-            )
     n_vertices = len(b.leaves)
 
     # Kahn's algorithm: FIFO order over creation order is deterministic and linear.
@@ -396,8 +482,15 @@ def compile(canvas: Step, *, max_nodes: int = DEFAULT_MAX_NODES) -> Dag:
         names = ", ".join(describe(b.leaves[v]) for v in stuck[:3])
         raise GraphError(f"Graph has a cycle through {len(stuck)} steps, including: {names}")
 
+    waits = _resolve_waits(b, order)
+    for v, d in b.delay.items():
+        if d > MAX_DELAY_MS:
+            raise GraphError(
+                f"{describe(b.leaves[v])}: nested WithDelay steps add up to {d} ms, more than "
+                f"the maximum of {MAX_DELAY_MS} ms"
+            )
     tasks = [v for v in order if b.leaves[v] is not None]
-    joins = [v for v in order if b.leaves[v] is None]
+    joins = [v for v in order if b.leaves[v] is None and v not in waits]
     new = [0] * n_vertices
     for i, v in enumerate(tasks):
         new[v] = i

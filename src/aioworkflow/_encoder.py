@@ -9,7 +9,10 @@ what dramatiq's own ``JSONEncoder`` reads, so mixed fleets keep working during a
 longer one is written as an aioworkflow blob (see ``_codec``): two magic bytes that never start
 JSON text, a version byte, a flags byte, then an lz4 frame with a content checksum.
 
-``decode`` reads both, so messages already queued before the switch still decode. It is total:
+``decode`` reads both, so messages already queued before the switch still decode. It also
+reads a bare lz4 frame of JSON, the format of the encoder dramatiq-workflow's README suggests,
+so a fleet moving from that encoder switches without losing queued messages (see
+``docs/migrating.md``: upgrade the consumers first, as that encoder cannot read these blobs). It is total:
 any input either decodes to a message dict or raises :class:`dramatiq.errors.DecodeError` (never
 a raw lz4, orjson or ``UnicodeDecodeError``), and inflating is capped at ``max_size`` bytes.
 
@@ -46,6 +49,9 @@ def _decode_error(message: str, data: Any, error: BaseException) -> _DramatiqDec
     err: _DramatiqDecodeError = _DramatiqDecodeError(message, data, error)  # type: ignore[no-untyped-call]
     return err
 
+
+#: The first bytes of an lz4 frame (never the start of JSON text, nor of an aioworkflow blob).
+LZ4_FRAME_MAGIC = b"\x04\x22\x4d\x18"
 
 _HEADER = _codec.MAGIC + bytes((_codec.VERSION, 0x01))
 _FIELDS = frozenset(("queue_name", "actor_name", "args", "kwargs", "options", "message_id"))
@@ -105,7 +111,13 @@ class LZ4JSONEncoder(Encoder):
         except DecodeError as exc:
             raise _decode_error(str(exc), data, TypeError(str(exc))) from None
         try:
-            body = _codec.unpack_body(raw, limit=self.max_size) if raw[:2] == _codec.MAGIC else raw
+            if raw[:2] == _codec.MAGIC:
+                body = _codec.unpack_body(raw, limit=self.max_size)
+            elif raw[:4] == LZ4_FRAME_MAGIC:
+                # A bare lz4 frame: what dramatiq-workflow's README encoder writes (migration).
+                body = _codec.inflate(raw, self.max_size)
+            else:
+                body = raw
             fields: object = _loads(body)
         except DecodeError as exc:
             raise _decode_error(f"undecodable message: {exc}", raw[:64], exc) from None

@@ -42,18 +42,18 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import TYPE_CHECKING, Any, final
+from typing import TYPE_CHECKING, Any
 
 import dramatiq
 from dramatiq.errors import ActorNotFound, BrokerConnectionError
 from dramatiq.middleware import MiddlewareError
 
 from ._context import ContextCache
-from ._dramatiq import AckShortcut, failure_of
+from ._dramatiq import AckShortcut, direct_mode, failure_of
 from ._nodes import NodeOps
 from ._plan import OPTION
 from ._reconciler import Reconciler
-from .errors import StoreConnectionError
+from .errors import ConfigurationError, StoreConnectionError
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -87,7 +87,27 @@ def _unavailable(call: Callable[[], None]) -> None:
         raise _StoreUnavailable(str(exc)) from exc
 
 
-@final
+#: What every store has (``StoreBackend``'s members); checked at construction so that a
+#: wrong argument fails here and not at worker boot with an AttributeError.
+_STORE_MEMBERS = ("sync", "aio", "aclose", "close", "shares_server", "retention_ms")
+
+
+def _check_store(store: object) -> None:
+    missing = [m for m in _STORE_MEMBERS if not hasattr(type(store), m) and not hasattr(store, m)]
+    if missing:
+        hint = ""
+        if type(store).__module__.startswith("dramatiq.rate_limits"):
+            hint = (
+                " (a dramatiq rate-limiter backend, as dramatiq-workflow takes: pass "
+                "RedisStore(client) or MemoryStore(), or use "
+                "aioworkflow.compat.dramatiq_workflow.WorkflowMiddleware)"
+            )
+        raise ConfigurationError(
+            f"WorkflowMiddleware needs a workflow store (RedisStore or MemoryStore), got "
+            f"{type(store).__qualname__}{hint}"
+        )
+
+
 class WorkflowMiddleware(dramatiq.Middleware):
     """Runs workflow nodes on dramatiq workers. Add it to every broker that runs workflows.
 
@@ -110,6 +130,7 @@ class WorkflowMiddleware(dramatiq.Middleware):
         cache_size: int = 256,
         store_attempts: int = 5,
     ) -> None:
+        _check_store(store)
         self.store = store
         self._acks = AckShortcut()
         contexts = ContextCache(store, cache_size, self._acks)
@@ -235,8 +256,13 @@ class WorkflowMiddleware(dramatiq.Middleware):
         self._settled()
 
     def before_worker_boot(self, broker: dramatiq.Broker, worker: Worker) -> None:
-        """On a RedisBroker of the store's Redis, let ``complete.lua`` ack successes."""
+        """On a RedisBroker of the store's Redis, let ``complete.lua`` ack successes.
+
+        Also logs, once, why workflows fall back to ready mode if dramatiq's encoder is not
+        one the scripts can write (see ``direct_mode``).
+        """
         self._acks.install(self.store, broker)
+        direct_mode(self.store, broker)
 
     def after_worker_boot(self, broker: dramatiq.Broker, worker: Worker) -> None:
         """Start this process's reconciler thread."""

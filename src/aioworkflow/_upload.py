@@ -145,6 +145,7 @@ def build_upload(
     now_ms: int,
     audit: bool = False,
     trace: str = "",
+    stamped: Mapping[int | str, Mapping[str, Any]] | None = None,
 ) -> Upload:
     """Build what a store writes for a new workflow.
 
@@ -158,7 +159,10 @@ def build_upload(
         now_ms: submit time (milliseconds since the epoch).
         audit: log every release as an event (for tests and debugging).
         trace: W3C traceparent of the root of the workflow's trace ("": not traced).
+        stamped: options the broker's ``before_enqueue`` hooks added, per node index and
+            callback kind (direct mode: rendered into the templates; see ``_dramatiq._hooks``).
     """
+    extra = stamped or {}
     callbacks = {CallbackKind.SUCCESS: on_success, CallbackKind.FAILURE: on_failure}
     present = [cb for cb in callbacks.values() if cb is not None]
     slots = queue_slots(dag, present) if direct else []
@@ -185,7 +189,7 @@ def build_upload(
             continue
         fields = message_fields(
             workflow_id, key, cb.actor_name, cb.queue_name, (*cb.args, workflow_id),
-            cb.kwargs, cb.options,
+            cb.kwargs, {**cb.options, **extra.get(str(key), {})},
         )  # fmt: skip
         stored[key] = fields
         meta[CALLBACK_FIELD[key]] = dumps_json(fields).decode()
@@ -197,8 +201,9 @@ def build_upload(
             delay = dag.delays.get(i, 0)
             eff = f"{queue}.DQ" if delay else queue
             fields = message_fields(
-                workflow_id, i, actor, eff, dag.args[i], dag.kwargs.get(i, {}), options
-            )
+                workflow_id, i, actor, eff, dag.args[i], dag.kwargs.get(i, {}),
+                {**options, **extra[i]} if i in extra else options,
+            )  # fmt: skip
             templates[str(i)] = b"%d:%d:" % (slot_of[eff], delay) + template(
                 fields, delayed=bool(delay)
             )

@@ -16,6 +16,7 @@ A workflow is stored in one of two modes (``Loaded.mode``), fixed when it is sub
 from __future__ import annotations
 
 import abc
+import logging
 from typing import TYPE_CHECKING, final
 
 import anyio.to_thread
@@ -32,6 +33,8 @@ if TYPE_CHECKING:
     from aioworkflow._store._base import BrokerAck, Loaded, StoreBackend
 
     from ._redis_broker import AckShortcut
+
+logger = logging.getLogger("aioworkflow")
 
 __all__ = ["DirectRoute", "ReadyRoute", "Route", "direct_mode", "route_for"]
 
@@ -135,4 +138,30 @@ def route_for(
 
 def direct_mode(store: StoreBackend, broker: dramatiq.Broker) -> bool:
     """Whether new workflows on this broker and store use direct (atomic) enqueue."""
-    return json_encoder_in_use() and shares_store_redis(store, broker)
+    if not shares_store_redis(store, broker):
+        return False
+    if json_encoder_in_use():
+        return True
+    _explain_fallback()
+    return False
+
+
+_explained: set[type] = set()
+
+
+def _explain_fallback() -> None:
+    """Say once per encoder class why a RedisBroker on the store's Redis is in ready mode."""
+    import dramatiq
+
+    kind = type(dramatiq.get_encoder())
+    if kind in _explained:
+        return
+    _explained.add(kind)
+    logger.warning(
+        "aioworkflow: dramatiq's encoder is %s.%s, whose payloads the Lua scripts cannot write, "
+        "so workflows use ready mode (enqueue through the broker, one more round trip per "
+        "release) instead of direct enqueue; dramatiq's JSONEncoder or "
+        "aioworkflow.LZ4JSONEncoder keep the direct path",
+        kind.__module__,
+        kind.__qualname__,
+    )

@@ -9,6 +9,26 @@ failover) loads the script and tries again.
 
 It is only used where it is equivalent to redis-py: a plain TCP ``redis.Redis`` client,
 without TLS, unix sockets or credential providers. Everything else goes through redis-py.
+
+Why it is kept (measured 2026-12-02 on the 2-core shared dev machine, redis-py 8.1.0, hiredis
+3.x, ``python bench/bench_wire.py --rounds 7 --group 3000 --chain 300``: one RedisBroker in
+direct mode, one in-process worker with 8 threads, each variant in a fresh process, rounds
+alternating; tasks/s, median (min-max) of 7):
+
+=================  ======================  ===================
+variant            Group of 3,000          Chain of 300
+=================  ======================  ===================
+this wire path     1857 (1731-1949)        125 (114-129)
+redis-py+hiredis   1563 (1479-1747) 0.84x  128 (121-131) 1.02x
+redis-py           1515 (1278-1698) 0.82x  123 (116-125) 0.98x
+=================  ======================  ===================
+
+A second run (7 rounds, Group of 2,000, Chain of 300) gave 1782 / 1547 (0.87x) / 1346 (0.76x)
+on the group and 126 / 124 / 124 on the chain. The wire path wins by 13-19% where throughput
+is bound by the worker's CPU (the group), the criterion for keeping it (10% or more); a chain
+is bound by dramatiq's fetch latency, and all three tie there. hiredis is not a dependency:
+with the wire path on, redis-py only carries the cold scripts. ``AIOWORKFLOW_NO_WIRE=1``
+turns this path off.
 """
 
 from __future__ import annotations
@@ -139,8 +159,12 @@ class WireScripts:
 
     @classmethod
     def for_client(cls, client: Any, sources: Mapping[ScriptName, str]) -> WireScripts | None:
-        """A wire path equivalent to ``client``, or None where only redis-py will do."""
-        if type(client) is not redis.Redis:
+        """A wire path equivalent to ``client``, or None where only redis-py will do.
+
+        ``AIOWORKFLOW_NO_WIRE=1`` in the environment turns it off (redis-py for every script;
+        used by ``bench/bench_wire.py`` to compare the two).
+        """
+        if os.environ.get("AIOWORKFLOW_NO_WIRE") == "1" or type(client) is not redis.Redis:
             return None
         pool = client.connection_pool
         if pool.connection_class is not redis.connection.Connection:
