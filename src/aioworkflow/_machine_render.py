@@ -89,6 +89,9 @@ def render_lua() -> str:
     lines += [
         "-- the stored format this version writes",
         f"local FORMAT = {m.META_FORMAT}",
+        "-- exception type of a workflow failed by T.lose; hex digits of a message token",
+        f"local STATE_LOST = {_q(m.STATE_LOST)}",
+        f"local MSG_TOKEN_CHARS = {m.MESSAGE_TOKEN_CHARS}",
         "-- 0.1.0 names of renamed meta fields {old, new}, and fields no longer written",
         "local LEGACY = {",
         *(f"    {{{_q(old)}, {_q(new)}}}," for old, new in m.LEGACY_FIELDS.items()),
