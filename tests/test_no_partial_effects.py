@@ -20,9 +20,10 @@ from dramatiq.brokers.stub import StubBroker
 from aioworkflow import Chain, MemoryStore, RedisStore, State, compile
 from aioworkflow._dramatiq import queue_keys
 from aioworkflow._keys import PARTS, keys_of
-from aioworkflow._machine import STATE_LOST, ClaimCode, MetaField, Outcome
+from aioworkflow._machine import STATE_LOST, ClaimCode, MetaField, Outcome, RejectReason
 from aioworkflow._protocol import ScriptCall, ScriptName
 from aioworkflow._upload import Callback, build_upload
+from aioworkflow.errors import ScriptError
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -134,7 +135,7 @@ class TestRejectedWritesNothing:
         reply = run(store, script, calls("0", token)[script], qkeys)
         rejected = ClaimCode.REJECTED if script is ScriptName.CLAIM else Outcome.REJECTED
         assert reply[0] == rejected
-        assert b"token" in reply
+        assert RejectReason.TOKEN.encode() in reply
         assert_unchanged(before, snapshot(redis_client))
 
     @pytest.mark.parametrize("script", SCRIPTS)
@@ -276,3 +277,49 @@ class TestMemoryTwin:
         assert status is not None
         assert (status[0][MetaField.SUCCEEDED], status[0][MetaField.FAILED_COUNT]) == ("0", "0")
         assert mem.claim(WF, 0, "m", [], up.token).run
+
+
+class TestControlScripts:
+    @pytest.mark.parametrize("op", ["resume", "retry"])
+    async def test_a_missing_template_of_a_node_to_release_changes_nothing_but_the_state(
+        self, store: RedisStore, redis_client: redis.Redis, op: str
+    ) -> None:
+        token, qkeys = await running(store)
+        if op == "resume":
+            await store.aio().control("pause", WF, qkeys)
+            assert store.sync.claim(WF, 0, "m0", [], token).code is ClaimCode.HELD
+        else:
+            assert store.sync.claim(WF, 0, "m0", [], token).run
+            store.sync.fail(WF, 0, ("t", "E", "boom"), qkeys, token)
+        redis_client.hdel(keys_of(WF).tpl, "0")
+        before = snapshot(redis_client)
+        done = await store.aio().control(op, WF, qkeys)
+        assert done.status is Outcome.LOST
+        assert done.state is State.FAILED
+        assert keys_of(WF).tpl in done.reason
+        after = snapshot(redis_client)
+        if op == "retry":  # FAILED already: nothing at all is written
+            assert_unchanged(before, after)
+        else:  # PAUSED -> FAILED (StateLost), the held node stays held
+            held = keys_of(WF).held.encode()
+            assert after[held][:2] == before[held][:2]
+            assert redis_client.hget(keys_of(WF).meta, MetaField.EXC_TYPE) == STATE_LOST.encode()
+
+    @pytest.mark.parametrize(
+        "args",
+        [
+            ("bogus", 0, 0),
+            ("first", -1, 0),
+            ("first", "x", 0),
+            ("first", 0, 5),
+            ("first", 0, "1.0"),
+        ],
+    )
+    async def test_start_validates_its_arguments_before_writing(
+        self, store: RedisStore, redis_client: redis.Redis, args: tuple[Any, ...]
+    ) -> None:
+        await running(store)
+        before = snapshot(redis_client)
+        with pytest.raises(ScriptError, match=r"start\.lua"):
+            run(store, ScriptName.START, (WF, *args), [])
+        assert_unchanged(before, snapshot(redis_client))

@@ -50,6 +50,7 @@ __all__ = [
     "Mode",
     "Op",
     "Outcome",
+    "RejectReason",
     "Release",
     "State",
     "SubmitCode",
@@ -219,6 +220,18 @@ class Outcome(enum.IntEnum):
     REJECTED = -2
     #: A key of the workflow is missing: the call applied Op.LOSE instead (FAILED).
     LOST = -3
+
+
+class RejectReason(enum.StrEnum):
+    """Why a script refused a delivery (the reason of :attr:`Outcome.REJECTED` and
+    :attr:`ClaimCode.REJECTED`)."""
+
+    #: Its token is not the submission's: a message of an earlier workflow with the same id.
+    TOKEN = "wrong_token"
+    #: Its node index is not a task node 0 <= n < total (or a pipe node is not).
+    NODE = "bad_node"
+    #: Malformed call arguments (complete's store-result flag).
+    ARGS = "bad_args"
 
 
 class CallbackKind(enum.StrEnum):

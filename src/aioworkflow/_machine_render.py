@@ -71,6 +71,7 @@ def render_lua() -> str:
     )
     lines += _table("SUBMIT", [(c.name, str(c.value)) for c in m.SubmitCode], "submit.lua codes")
     lines += _table("OUT", [(o.name, str(o.value)) for o in m.Outcome], "reply outcomes")
+    lines += _table("REJECT", [(r.name, _q(r)) for r in m.RejectReason], "rejection reasons")
     lines += _table("CB", [(c.name, _q(c)) for c in m.CallbackKind], "callback kinds (wire)")
     lines += _table(
         "IS_CB", [(c.value, "true") for c in m.CallbackKind], "is this node key a callback?"

@@ -17,7 +17,7 @@ from dramatiq.middleware import SkipMessage
 from . import _codec
 from ._dag import ResultSpec, spec_nodes
 from ._dramatiq import mark_acked, pipe_input
-from ._machine import Outcome
+from ._machine import Outcome, RejectReason
 from ._plan import ClaimCode
 from ._upload import parse_ref
 from .errors import ResultTooLarge, StoreConnectionError
@@ -88,10 +88,10 @@ def _log_rejected(done: Completion, workflow_id: str, node: int, what: str) -> N
 
 #: What the scripts' rejection reasons mean.
 _WHY = {
-    "token": "its token is not the submission's: a message of an earlier workflow with the "
-    "same id, or a forged one",
-    "node": "its node index is not a node of the workflow",
-    "flag": "malformed call",
+    RejectReason.TOKEN.value: "its token is not the submission's: a message of an earlier "
+    "workflow with the same id, or a forged one",
+    RejectReason.NODE.value: "its node index is not a node of the workflow",
+    RejectReason.ARGS.value: "malformed call",
 }
 
 
@@ -162,7 +162,7 @@ class NodeOps:
                 # and fails the workflow (Op.LOSE)
                 self.fail(broker, workflow_id, node, "", None, ref.token)
             raise SkipMessage(f"workflow {workflow_id} node {node}: claim code {claim.code}")
-        if spec is not None:
+        if isinstance(node, int) and node in ctx.loaded.dag.pipes and not ref.piped:
             values = {
                 n: None if blob is None else _codec.unpack(blob)
                 for n, blob in zip(wanted, claim.results, strict=True)

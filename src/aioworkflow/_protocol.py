@@ -308,8 +308,16 @@ def parse_claim(reply: Sequence[Any]) -> Claim:
 
 
 def parse_control(reply: Sequence[Any]) -> Completion:
-    """Narrow a ``{status, state, released...}`` reply (start and the control scripts)."""
-    return Completion(_OUTCOMES[reply[0]], _state(reply[1]), _released(reply[2:]))
+    """Narrow a ``{status, state, released...}`` reply (start and the control scripts).
+
+    A lost call's reply is ``{status, state, key, callback?}`` (:attr:`Completion.reason`).
+    """
+    status = _OUTCOMES[reply[0]]
+    if status in (Outcome.REJECTED, Outcome.LOST):
+        reason = _text(reply[2]) if len(reply) > 2 else ""
+        cbs = tuple(CallbackKind(_text(v)) for v in reply[3:] if v)
+        return Completion(status, _state(reply[1]), cbs, reason=reason)
+    return Completion(status, _state(reply[1]), _released(reply[2:]))
 
 
 parse_start = parse_control

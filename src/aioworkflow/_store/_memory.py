@@ -28,6 +28,7 @@ from aioworkflow._machine import (
     Mode,
     Op,
     Outcome,
+    RejectReason,
     Release,
     State,
     transition,
@@ -85,9 +86,9 @@ def _is_node(wf: _Wf, node: object) -> bool:
 
 def _rejected(wf: _Wf, node: object, token: str) -> Completion | None:
     if not _token_ok(wf, token):
-        return Completion(Outcome.REJECTED, wf.state, reason="token")
+        return Completion(Outcome.REJECTED, wf.state, reason=RejectReason.TOKEN)
     if not _is_node(wf, node):
-        return Completion(Outcome.REJECTED, wf.state, reason="node")
+        return Completion(Outcome.REJECTED, wf.state, reason=RejectReason.NODE)
     return None
 
 
@@ -245,7 +246,7 @@ class MemoryStore:
             if wf is None:
                 return Claim(ClaimCode.MISSING)
             if not _token_ok(wf, token):
-                return Claim(ClaimCode.REJECTED, (b"token",))
+                return Claim(ClaimCode.REJECTED, (RejectReason.TOKEN.encode(),))
             if node in _CALLBACK_KEYS:
                 node = CallbackKind(node)
                 wf.ready.pop(node, None)
@@ -255,7 +256,7 @@ class MemoryStore:
                 wf.claims[node] = message_id
                 return Claim(ClaimCode.RUN)
             if not all(_is_node(wf, n) for n in (node, *pipe_nodes)):
-                return Claim(ClaimCode.REJECTED, (b"node",))
+                return Claim(ClaimCode.REJECTED, (RejectReason.NODE.encode(),))
             assert isinstance(node, int)
             if node in wf.done:
                 wf.ready.pop(node, None)

@@ -137,13 +137,22 @@ local function json_escape(s)
     end))
 end
 
+-- The prefix of the message ids this workflow's pushes get: its message token (random per
+-- submission, so ids never collide across workflows, and short: a message's size does not
+-- depend on the workflow id's length), or the workflow id for a workflow stored before tokens.
+local ID_PREFIX = nil
+local function id_prefix()
+    if ID_PREFIX == nil then ID_PREFIX = redis.call('HGET', META, F.msg_token) or WF end
+    return ID_PREFIX
+end
+
 -- Render a stored template and append it to its dramatiq queue, as RedisBroker.enqueue
 -- would: HSET <queue>.msgs id payload, RPUSH <queue> id. Every push gets a fresh id.
 local function push(field, now)
     local t = redis.call('HGET', TPL, field)
     if not t then return false end
     local slot, delay, body = string.match(t, '^(%d+):(%d+):(.*)$')
-    local id = WF .. '.' .. field .. '.' .. redis.call('HINCRBY', META, F.seq, 1)
+    local id = id_prefix() .. '.' .. field .. '.' .. redis.call('HINCRBY', META, F.seq, 1)
     local payload = string.gsub(body, '%z(%u)', {
         I = json_escape(id), T = tostring(now), E = tostring(now + tonumber(delay))})
     local base = NKEYS + 2 * tonumber(slot)

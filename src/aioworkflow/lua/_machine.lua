@@ -45,6 +45,8 @@ local CLAIM_IN_STATE = {CANCELLED = 2, SUCCEEDED = 2, PAUSED = 3, FAILED = 3}
 local SUBMIT = {TAKEN = 0, CLAIMED = 1, CLAIMED_BEFORE = 2}
 -- reply outcomes
 local OUT = {APPLIED = 1, UNCHANGED = 0, MISSING = -1, REJECTED = -2, LOST = -3}
+-- rejection reasons
+local REJECT = {TOKEN = 'wrong_token', NODE = 'bad_node', ARGS = 'bad_args'}
 -- callback kinds (wire)
 local CB = {SUCCESS = 's', FAILURE = 'f'}
 -- is this node key a callback?

@@ -9,8 +9,8 @@
 --   CLAIM.HELD: workflow paused or failed: the node is held for resume/retry, skip this copy
 --   CLAIM.DUPLICATE: another delivery of this node is in flight
 --   CLAIM.UNRELEASED: predecessors unfinished: a stray copy     CLAIM.MISSING: no workflow
---   {CLAIM.REJECTED, why}: not a delivery of this submission ('token': wrong token; 'node':
---     not a node index 0 <= n < total); nothing written
+--   {CLAIM.REJECTED, why}: not a delivery of this submission (REJECT.TOKEN: wrong token;
+--     REJECT.NODE: not a node index 0 <= n < total); nothing written
 --   {CLAIM.LOST, key}: a key of the live workflow is missing (evicted): nothing written; the
 --     worker then runs fail.lua for the node, which applies T.lose
 -- The state alone decides ENDED and HELD (CLAIM_IN_STATE). A redelivery of the same message
@@ -19,7 +19,7 @@
 local state, total, mtok, succeeded = load_meta(F.total, F.msg_token, F.succeeded)
 if not state then return {CLAIM.MISSING} end
 local node, mid, tok = ARGV[2], ARGV[3], ARGV[4]
-if not token_ok(mtok, tok) then return {CLAIM.REJECTED, 'token'} end
+if not token_ok(mtok, tok) then return {CLAIM.REJECTED, REJECT.TOKEN} end
 if IS_CB[node] then
     redis.call('ZREM', READY, node)
     local prev = redis.call('HGET', CLAIMS, node)
@@ -29,9 +29,9 @@ if IS_CB[node] then
     return {CLAIM.RUN}
 end
 local v = task_node(node, total)
-if not v then return {CLAIM.REJECTED, 'node'} end
+if not v then return {CLAIM.REJECTED, REJECT.NODE} end
 for i = 5, #ARGV do
-    if not task_node(ARGV[i], total) then return {CLAIM.REJECTED, 'node'} end
+    if not task_node(ARGV[i], total) then return {CLAIM.REJECTED, REJECT.NODE} end
 end
 if redis.call('GETBIT', DONE, v) == 1 then
     redis.call('ZREM', READY, node)

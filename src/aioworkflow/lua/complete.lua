@@ -12,7 +12,7 @@
 -- Reply: {outcome, state, callback, released...}
 --   outcome OUT.APPLIED: counted; OUT.UNCHANGED: already counted (duplicate), nothing changed;
 --   OUT.MISSING: no workflow; {OUT.REJECTED, state, '', why}: not a delivery of this
---   submission ('token', 'node', 'flag'), nothing changed; {OUT.LOST, state, callback, key}:
+--   submission (a REJECT reason), nothing changed; {OUT.LOST, state, callback, key}:
 --   a key is missing, T.lose applied
 --   callback: CB.SUCCESS when on_success was dispatched by this call, else ""
 --   released: nodes released by this call (ready mode: the caller enqueues them)
@@ -23,11 +23,11 @@ if ARGV[6] and not ack_time then return redis.error_reply('ERR complete.lua: bad
 local function count()
     local state, mode, total, mtok, succeeded = load_meta(F.mode, F.total, F.msg_token, F.succeeded)
     if not state then return {OUT.MISSING, '', ''} end
-    if not token_ok(mtok, ARGV[5]) then return {OUT.REJECTED, state, '', 'token'} end
+    if not token_ok(mtok, ARGV[5]) then return {OUT.REJECTED, state, '', REJECT.TOKEN} end
     local node = ARGV[2]
     local v = task_node(node, total)
-    if not v then return {OUT.REJECTED, state, '', 'node'} end
-    if ARGV[4] ~= '0' and ARGV[4] ~= '1' then return {OUT.REJECTED, state, '', 'flag'} end
+    if not v then return {OUT.REJECTED, state, '', REJECT.NODE} end
+    if ARGV[4] ~= '0' and ARGV[4] ~= '1' then return {OUT.REJECTED, state, '', REJECT.ARGS} end
     if redis.call('GETBIT', DONE, v) == 1 then return {OUT.UNCHANGED, state, ''} end
     total = tonumber(total)
     local missing = nil

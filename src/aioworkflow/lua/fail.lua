@@ -8,15 +8,15 @@
 -- Reply: {outcome, state, callback}
 --   outcome OUT.APPLIED: recorded; OUT.UNCHANGED: node already done or already failed;
 --   OUT.MISSING: no workflow; {OUT.REJECTED, state, '', why}: not a delivery of this
---   submission ('token', 'node'), nothing changed; {OUT.LOST, state, callback, key}: a key is
+--   submission (a REJECT reason), nothing changed; {OUT.LOST, state, callback, key}: a key is
 --   missing, T.lose applied
 --   callback: CB.FAILURE when on_failure was dispatched by this call, else ""
 local state, mode, total, mtok, succeeded = load_meta(F.mode, F.total, F.msg_token, F.succeeded)
 if not state then return {OUT.MISSING, '', ''} end
-if not token_ok(mtok, ARGV[6]) then return {OUT.REJECTED, state, '', 'token'} end
+if not token_ok(mtok, ARGV[6]) then return {OUT.REJECTED, state, '', REJECT.TOKEN} end
 local node = ARGV[2]
 local v = task_node(node, total)
-if not v then return {OUT.REJECTED, state, '', 'node'} end
+if not v then return {OUT.REJECTED, state, '', REJECT.NODE} end
 if redis.call('GETBIT', DONE, v) == 1 then return {OUT.UNCHANGED, state, ''} end
 local to = T.fail[state]
 local has_cb = to and redis.call('HEXISTS', META, CB_FIELD[CB.FAILURE]) == 1
