@@ -17,18 +17,23 @@ import dramatiq
 import pytest
 from dramatiq.brokers.stub import StubBroker
 
-from aioworkflow import Chain, MemoryStore, RedisStore, State, compile
+from aioworkflow import Chain, MemoryStore, RedisStore, State, Workflow, compile
 from aioworkflow._dramatiq import queue_keys
 from aioworkflow._keys import PARTS, keys_of
 from aioworkflow._machine import STATE_LOST, ClaimCode, MetaField, Outcome, RejectReason
 from aioworkflow._protocol import ScriptCall, ScriptName
 from aioworkflow._upload import Callback, build_upload
 from aioworkflow.errors import ScriptError
+from tests.test_control import drain
+from tests.test_hostile_input import gate
+from tests.test_runtime import declare_task, wait_for
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
     import redis
+
+    from tests.conftest import Env
 
 WF = "npe"
 _broker = StubBroker()
@@ -322,4 +327,49 @@ class TestControlScripts:
         before = snapshot(redis_client)
         with pytest.raises(ScriptError, match=r"start\.lua"):
             run(store, ScriptName.START, (WF, *args), [])
+        assert_unchanged(before, snapshot(redis_client))
+
+
+class TestEvictedEndToEnd:
+    async def test_a_workflow_whose_keys_were_evicted_fails_with_state_lost(self, env: Env) -> None:
+        if isinstance(env.store, MemoryStore):
+            pytest.skip("a MemoryStore holds a workflow in one object: nothing can be evicted")
+        # Given a running two-node chain whose first node is in flight
+        g, running_, go, _ = gate(env)
+        t2 = declare_task(env)
+        failed_cb = declare_task(env, "failed")
+        succeeded_cb = declare_task(env, "succeeded")
+        env.worker()
+        handle = await Workflow(
+            Chain(g.message("first"), t2.message("last")),
+            on_success=succeeded_cb.message("ok"),
+            on_failure=failed_cb.message("ko"),
+        ).run()
+        await wait_for(running_.is_set)
+        # When every key but meta is evicted (as maxmemory-policy allkeys-lru did)
+        keys = keys_of(handle.id)
+        env.store.client.delete(*(k for k in keys if k != keys.meta))
+        go.set()
+        # Then the workflow ends FAILED with StateLost, on_failure once, never SUCCEEDED
+        final = await handle.wait(timeout=30)
+        assert final.state is State.FAILED
+        assert (final.exc_type, final.failed_actor) == (STATE_LOST, "")
+        assert final.exc_message is not None
+        assert "missing" in final.exc_message
+        await drain(env)
+        labels = sorted(map(str, env.rec.labels()))
+        assert "last" not in labels
+        assert "ok" not in labels
+        # on_failure once; in direct mode its template was evicted too, so it cannot be sent
+        assert labels.count("ko") == (0 if env.name == "redis" else 1), labels
+
+
+class TestSubmit:
+    @pytest.mark.parametrize("args", [("tok", "x"), ("tok", 0), ("tok", "1.5"), ("", 1000)])
+    async def test_submit_validates_its_arguments_before_writing(
+        self, store: RedisStore, redis_client: redis.Redis, args: tuple[Any, ...]
+    ) -> None:
+        before = snapshot(redis_client)
+        with pytest.raises(ScriptError, match=r"submit\.lua"):
+            run(store, ScriptName.SUBMIT, (WF, *args), [])
         assert_unchanged(before, snapshot(redis_client))

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     import dramatiq
     from dramatiq.broker import MessageProxy
 
-    from ._context import ContextCache
+    from ._context import ContextCache, WorkflowContext
     from ._protocol import Claim, Completion
     from ._store._base import StoreBackend
 
@@ -110,6 +110,20 @@ class NodeOps:
         self.contexts = contexts
         self.attempts = attempts
 
+    def context(
+        self, broker: dramatiq.Broker, workflow_id: str, token: str
+    ) -> WorkflowContext | None:
+        """The loaded workflow, reloaded when the cached one is another submission's.
+
+        An id can be reused once its workflow expired: a process that cached the old one must
+        not serve the new one's deliveries with the old DAG (or enqueue with the old token).
+        """
+        ctx = self.retrying(lambda: self.contexts.get(broker, workflow_id))
+        if ctx is not None and ctx.loaded.token != token:
+            self.contexts.forget(workflow_id)
+            ctx = self.retrying(lambda: self.contexts.get(broker, workflow_id))
+        return ctx
+
     def retrying(self, call: Callable[[], T]) -> T:
         """Run ``call``, retrying connection errors with back-off (``attempts`` tries)."""
         delay = 0.05
@@ -138,7 +152,7 @@ class NodeOps:
             )
             raise SkipMessage(f"invalid workflow reference: {ref}")
         workflow_id, node = ref.workflow_id, ref.node
-        ctx = self.retrying(lambda: self.contexts.get(broker, workflow_id))
+        ctx = self.context(broker, workflow_id, ref.token)
         if ctx is None:
             logger.warning("Workflow %s no longer exists; skipping %s.", workflow_id, message)
             raise SkipMessage("workflow not found")
@@ -184,7 +198,7 @@ class NodeOps:
         """
         if not _valid_node(workflow_id, node, "success"):
             return
-        ctx = self.retrying(lambda: self.contexts.get(broker, workflow_id))
+        ctx = self.context(broker, workflow_id, token)
         if ctx is None:
             logger.warning("Workflow %s vanished before node %s completed.", workflow_id, node)
             return
@@ -209,6 +223,9 @@ class NodeOps:
         _log_rejected(done, workflow_id, node, "success")
         if done.status == Outcome.REJECTED:
             return
+        if done.status == Outcome.LOST:  # failed (StateLost): send on_failure if released
+            route.after_barrier(done.released)
+            return
         if done.status < 0:  # its keys expired or were deleted while the node ran
             self.contexts.forget(workflow_id)
             logger.warning("Workflow %s vanished before node %s completed.", workflow_id, node)
@@ -232,7 +249,7 @@ class NodeOps:
             return
         exc_type = type(exc).__name__ if exc is not None else "MessageFailed"
         text = str(exc) if exc is not None else "dramatiq rejected the message"
-        ctx = self.retrying(lambda: self.contexts.get(broker, workflow_id))
+        ctx = self.context(broker, workflow_id, token)
         if ctx is None:
             return
         if node >= len(ctx.loaded.dag):
@@ -248,6 +265,9 @@ class NodeOps:
         )
         _log_rejected(done, workflow_id, node, "failure")
         if done.status == Outcome.REJECTED:
+            return
+        if done.status == Outcome.LOST:  # failed (StateLost): send on_failure if released
+            route.after_barrier(done.released)
             return
         if done.status < 0:
             self.contexts.forget(workflow_id)

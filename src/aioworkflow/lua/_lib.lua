@@ -5,7 +5,9 @@
 --
 -- KEYS (every script receives the same 14 workflow keys, then any queue keys; _keys.py):
 --   1 meta    hash    F.*: state, format, total, succeeded, failed_count, mode (MODE),
---                     retention_ms, seq, timestamps, failure details, callbacks, audit
+--                     retention_ms, failed_retention_ms, msg_token (checked against every
+--                     delivery's token; absent before tokens), seq, timestamps, failure
+--                     details, callbacks, audit
 --   2 cnt     string  u32 big-endian per vertex: predecessors still to finish
 --   3 off     string  u32 big-endian per vertex + 1: CSR offsets into succ
 --   4 succ    string  u32 big-endian per edge: successor vertex indices
@@ -21,6 +23,10 @@
 --  14 st      stream  workflow state changes only (what waiters block on)
 --  15..      pairs    dramatiq queue list key, queue .msgs hash key, one pair per queue slot
 -- ARGV[1] is always the workflow id.
+-- No partial effects: Redis does not roll back a script that errors half-way, so every script
+-- validates its arguments (task_node, token_ok) and reads what it needs (missing_key,
+-- plan_cascade, missing_template) before its first write. A key of a live workflow found
+-- missing (evicted) applies T.lose (lose) and nothing else.
 -- All keys of a workflow share one hash tag, so each call touches one cluster slot; the
 -- dramatiq queue keys are passed (direct mode only) on standalone Redis.
 local META, CNT, OFF, SUCC, DONE, TPL, READY, HELD, RES, EV, CLAIMS, FAILED, DAG, ST =
