@@ -26,7 +26,9 @@ must not get it twice). The token (``MetaField.MSG_TOKEN``, 16 hex digits drawn 
 submission) is checked by the claim, complete and fail scripts: a message of an earlier
 workflow that had the same id never matches. Messages of workflows stored before tokens
 existed are ``[workflow id, node]`` (``[workflow id, node, 1]`` piped), and their meta has no
-token: they keep working (:func:`parse_ref` reads both).
+token: they keep working (:func:`parse_ref` reads both). The ids of the messages the scripts
+push are ``<token>.<node>.<seq>`` (the token makes them unique across workflows and keeps
+their length independent of the workflow id's), ``<workflow id>.<node>.<seq>`` without one.
 """
 
 from __future__ import annotations
