@@ -22,7 +22,7 @@ from aioworkflow._dramatiq import queue_keys
 from aioworkflow._keys import PARTS, keys_of
 from aioworkflow._machine import STATE_LOST, ClaimCode, MetaField, Outcome, RejectReason
 from aioworkflow._protocol import ScriptCall, ScriptName
-from aioworkflow._upload import Callback, build_upload
+from aioworkflow._upload import Callback, Ref, build_upload, parse_ref
 from aioworkflow.errors import ScriptError
 from tests.test_control import drain
 from tests.test_hostile_input import gate
@@ -373,3 +373,25 @@ class TestSubmit:
         with pytest.raises(ScriptError, match=r"submit\.lua"):
             run(store, ScriptName.SUBMIT, (WF, *args), [])
         assert_unchanged(before, snapshot(redis_client))
+
+
+class TestPreviousVersion:
+    async def test_a_workflow_stored_without_a_token_takes_messages_without_one(
+        self, store: RedisStore, redis_client: redis.Redis
+    ) -> None:
+        # Given a workflow as the previous version stored it: no token in its meta
+        token, qkeys = await running(store, direct=False)
+        redis_client.hdel(keys_of(WF).meta, MetaField.MSG_TOKEN)
+        # Then a message with a token is not one of its messages, one without is
+        assert store.sync.claim(WF, 0, "m0", [], token).code is ClaimCode.REJECTED
+        assert store.sync.claim(WF, 0, "m0", []).run
+        done = store.sync.complete(WF, 0, None, qkeys)
+        assert (done.status, done.released) == (Outcome.APPLIED, (1,))
+
+    def test_refs_of_both_versions_parse(self) -> None:
+        assert parse_ref(["w", 3]) == Ref("w", 3, "", piped=False)
+        assert parse_ref(["w", 3, 1]) == Ref("w", 3, "", piped=True)
+        assert parse_ref(["w", 3, "ab"]) == Ref("w", 3, "ab", piped=False)
+        assert parse_ref(["w", "f", "ab", 1]) == Ref("w", "f", "ab", piped=True)
+        for bad in (["w", True], ["w", 1.0], ["w", "1"], ["w", -1], ["w"], "w", ["w", 1, ""]):
+            assert isinstance(parse_ref(bad), str), bad
