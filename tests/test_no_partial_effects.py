@@ -395,3 +395,32 @@ class TestPreviousVersion:
         assert parse_ref(["w", "f", "ab", 1]) == Ref("w", "f", "ab", piped=True)
         for bad in (["w", True], ["w", 1.0], ["w", "1"], ["w", -1], ["w"], "w", ["w", 1, ""]):
             assert isinstance(parse_ref(bad), str), bad
+
+
+class TestReconcile:
+    async def test_a_stale_entry_without_its_template_fails_the_workflow_only(
+        self, store: RedisStore, redis_client: redis.Redis
+    ) -> None:
+        # Given a direct-mode workflow with a stale ready entry whose template is gone
+        _, qkeys = await running(store)
+        redis_client.zadd(keys_of(WF).ready, {"0": 0})
+        redis_client.hdel(keys_of(WF).tpl, "0")
+        before = snapshot(redis_client)
+        # When the reconciler sweeps it
+        rec = store.sync.reconcile(WF, 1, 100, qkeys)
+        # Then the workflow failed (StateLost) and nothing else was written
+        assert (rec.status, rec.state) == (Outcome.LOST, State.FAILED)
+        after = snapshot(redis_client)
+        allowed = {keys_of(WF).meta, keys_of(WF).ev, keys_of(WF).st, *qkeys}
+        for k, (kind, value, _ttl) in before.items():
+            if k.decode() not in allowed:
+                assert after[k][:2] == (kind, value), k
+
+    async def test_bad_arguments_write_nothing(
+        self, store: RedisStore, redis_client: redis.Redis
+    ) -> None:
+        _, qkeys = await running(store)
+        before = snapshot(redis_client)
+        with pytest.raises(ScriptError, match=r"reconcile\.lua"):
+            run(store, ScriptName.RECONCILE, (WF, "x", 10), qkeys)
+        assert_unchanged(before, snapshot(redis_client))

@@ -345,6 +345,12 @@ parse_fail = parse_complete
 
 
 def parse_reconcile(reply: Sequence[Any]) -> Completion:
-    """Narrow a ``{status, state, remaining, released...}`` reply; ``extra`` = remaining."""
+    """Narrow a ``{status, state, remaining, released...}`` reply; ``extra`` = remaining.
+
+    A lost call's reply is ``{status, state, 0, key, callback?}``.
+    """
     extra = int(reply[2]) if len(reply) > 2 else 0
+    if _OUTCOMES[reply[0]] is Outcome.LOST:
+        cbs = tuple(CallbackKind(_text(v)) for v in reply[4:] if v)
+        return Completion(Outcome.LOST, _state(reply[1]), cbs, reason=_text(reply[3]))
     return Completion(_OUTCOMES[reply[0]], _state(reply[1]), _released(reply[3:]), extra)
