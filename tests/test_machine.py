@@ -331,7 +331,7 @@ class TestLuaErrorLocations:
         with pytest.raises(ScriptError) as err:
             store.sync.complete(WF, 0, None, [], None, TOKEN)
         # Then the error names the helper's line in _lib.lua
-        where = line_of("_lib.lua", "local last = redis.call('GETRANGE', OFF, -4, -1)")
+        where = line_of("_lib.lua", "local o = redis.call('GETRANGE', OFF, v * 4, v * 4 + 7)")
         assert re.search(rf"_lib\.lua:{where}\b", str(err.value)), err.value
 
 
