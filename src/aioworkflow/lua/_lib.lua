@@ -102,9 +102,15 @@ local function missing_key(total, succeeded)
     if not t then return META .. ' ' .. F.total end
     if not n then return META .. ' ' .. F.succeeded end
     -- the common case in one call: every key there
-    local all = {CNT, OFF, DAG, SUCC}
-    if n > 0 then all[#all + 1] = DONE end
-    if t > 0 and redis.call('EXISTS', unpack(all)) == #all then return nil end
+    if t > 0 then
+        local present, want = 0, 4
+        if n > 0 then
+            present, want = redis.call('EXISTS', CNT, OFF, DAG, SUCC, DONE), 5
+        else
+            present = redis.call('EXISTS', CNT, OFF, DAG, SUCC)
+        end
+        if present == want then return nil end
+    end
     if t > 0 then
         for _, key in ipairs({CNT, OFF, DAG}) do
             if redis.call('EXISTS', key) == 0 then return key end
