@@ -47,6 +47,8 @@ if TYPE_CHECKING:
     import redis
 
 WF = "wfm"
+#: The message token of the workflows these tests store (deliveries carry it).
+TOKEN = "0123456789abcdef"
 _broker = StubBroker()
 
 
@@ -196,6 +198,7 @@ async def rig(
         on_failure=Callback("cb", "default", (), {}, {}),
         retention_ms=60_000,
         now_ms=0,
+        token=TOKEN,
     )
     if request.param == "memory":
         mem = MemoryStore()
@@ -229,7 +232,7 @@ class TestStoresFollowTheTables:
     @pytest.mark.parametrize("state", ANY_STATE)
     async def test_a_node_failing(self, rig: Rig, state: State) -> None:
         rig.force(state)
-        done = rig.store.sync.fail(WF, 0, ("t", "E", "boom"), [])
+        done = rig.store.sync.fail(WF, 0, ("t", "E", "boom"), [], TOKEN)
         to = TRANSITIONS[Op.FAIL].get(state)
         assert done.status is Outcome.APPLIED
         assert done.state is (to or state)
@@ -237,15 +240,15 @@ class TestStoresFollowTheTables:
 
     @pytest.mark.parametrize("state", ANY_STATE)
     async def test_the_last_node_succeeding(self, rig: Rig, state: State) -> None:
-        rig.store.sync.complete(WF, 0, None, [])
+        rig.store.sync.complete(WF, 0, None, [], None, TOKEN)
         rig.force(state)
-        done = rig.store.sync.complete(WF, 1, None, [])
+        done = rig.store.sync.complete(WF, 1, None, [], None, TOKEN)
         assert done.state is TRANSITIONS[Op.FINISH].get(state, state)
 
     @pytest.mark.parametrize("state", ANY_STATE)
     async def test_claims_decided_by_the_state(self, rig: Rig, state: State) -> None:
         rig.force(state)
-        claim = rig.store.sync.claim(WF, 0, "m", [])
+        claim = rig.store.sync.claim(WF, 0, "m", [], TOKEN)
         assert claim.code is CLAIM_IN_STATE.get(state, ClaimCode.RUN)
 
 
@@ -256,8 +259,8 @@ class TestProtocol:
         call = p.complete_call(WF, 3, b"r", ["q", "q.msgs"], ack, 7)
         assert call.script is p.ScriptName.COMPLETE
         assert call.keys == (*workflow_keys(WF), "q", "q.msgs", "a", "m", "h")
-        assert call.args == (WF, 3, b"r", 1, "mid", "bid", 7)
-        assert p.claim_call(WF, "s", "m", [1, 2]).args == (WF, "s", "m", 1, 2)
+        assert call.args == (WF, 3, b"r", 1, "", "mid", "bid", 7)
+        assert p.claim_call(WF, "s", "m", [1, 2]).args == (WF, "s", "m", "", 1, 2)
         assert p.control_call("retry", WF, []).script is p.ScriptName.RETRY
         with pytest.raises(ValueError, match="not a control operation"):
             p.control_call("start", WF, [])
@@ -288,7 +291,12 @@ def line_of(file: str, text: str) -> int:
 async def store(redis_client: redis.Redis, redis_url: str) -> AsyncIterator[RedisStore]:
     s = RedisStore(url=redis_url, retention=60)
     up = build_upload(
-        WF, compile(Chain(t.message(0), t.message(1))), direct=False, retention_ms=60_000, now_ms=0
+        WF,
+        compile(Chain(t.message(0), t.message(1))),
+        direct=False,
+        retention_ms=60_000,
+        now_ms=0,
+        token=TOKEN,
     )
     await s.aio().submit(WF, up, [])
     yield s
@@ -305,20 +313,26 @@ class TestLuaErrorLocations:
             store.sync._wire = None
         else:
             assert store.sync._wire is not None
-        # When claim.lua is given a node that is not a number (GETBIT gets nil)
+        # When claim.lua meets a key of the wrong type (scripts validate their arguments, so
+        # only corrupt state can make one fail): the done bitmap is a hash
+        store.client.delete(keys_of(WF).done)
+        store.client.hset(keys_of(WF).done, "x", "y")
         with pytest.raises(ScriptError) as err:
-            store.sync.claim(WF, "x", "m", [])
+            store.sync.claim(WF, 0, "m", [], TOKEN)
         # Then the error points at claim.lua's line, not at the joined source's
         where = f"claim.lua:{line_of('claim.lua', 'GETBIT')}"
         assert where in str(err.value)
         assert "user_script" not in str(err.value)
 
     def test_an_error_in_the_helpers_names_lib_lua(self, store: RedisStore) -> None:
-        # When complete.lua cascades from a vertex the topology does not have
+        # When complete.lua's helpers read a topology key of the wrong type (off is a hash)
+        store.client.delete(keys_of(WF).off)
+        store.client.hset(keys_of(WF).off, "x", "y")
         with pytest.raises(ScriptError) as err:
-            store.sync.complete(WF, 999, None, [])
+            store.sync.complete(WF, 0, None, [], None, TOKEN)
         # Then the error names the helper's line in _lib.lua
-        assert f"_lib.lua:{line_of('_lib.lua', 'local a = struct.unpack')}:" in str(err.value)
+        where = line_of("_lib.lua", "local o = redis.call('GETRANGE', OFF, v * 4, v * 4 + 7)")
+        assert re.search(rf"_lib\.lua:{where}\b", str(err.value)), err.value
 
 
 # -- meta hashes written by 0.1.0 ----------------------------------------------------------
@@ -339,7 +353,7 @@ class TestOldMetaHashes:
         self, store: RedisStore, redis_client: redis.Redis
     ) -> None:
         # Given an in-flight workflow whose meta hash 0.1.0 wrote, one node done
-        store.sync.complete(WF, 0, None, [])
+        store.sync.complete(WF, 0, None, [], None, TOKEN)
         downgrade(redis_client)
         meta_key = keys_of(WF).meta
         assert redis_client.hget(meta_key, "ok") == b"1"
@@ -347,24 +361,24 @@ class TestOldMetaHashes:
         raw, running = await store.aio().meta(WF) or ({}, 0)
         assert status_from_meta(WF, raw, running).succeeded == 1
         # When the next node is claimed, the script renames the fields in place, once
-        assert store.sync.claim(WF, 1, "m1", []).run
+        assert store.sync.claim(WF, 1, "m1", [], TOKEN).run
         fields = {k.decode() if isinstance(k, bytes) else k for k in redis_client.hkeys(meta_key)}
         assert not fields & {*LEGACY_FIELDS, *DROPPED_FIELDS}
         assert redis_client.hget(meta_key, MetaField.FORMAT) == b"2"
         assert redis_client.hget(meta_key, MetaField.SUCCEEDED) == b"1"
         assert redis_client.hget(meta_key, MetaField.RETENTION_MS) == b"60000"
         # and the workflow carries on under the new names
-        failed = store.sync.fail(WF, 1, ("t", "ValueError", "late"), [])
+        failed = store.sync.fail(WF, 1, ("t", "ValueError", "late"), [], TOKEN)
         assert failed.state is State.FAILED
         status = status_from_meta(WF, *(await store.aio().meta(WF) or ({}, 0)))
         assert (status.failed, status.failed_node, status.exc_message) == (1, 1, "late")
-        assert store.sync.complete(WF, 1, None, []).state is State.SUCCEEDED
+        assert store.sync.complete(WF, 1, None, [], None, TOKEN).state is State.SUCCEEDED
 
     async def test_a_failed_010_workflow_reports_its_failure_and_can_be_retried(
         self, store: RedisStore, redis_client: redis.Redis
     ) -> None:
         # Given a workflow that failed under 0.1.0 (failure details under the old names)
-        store.sync.fail(WF, 0, ("t", "KeyError", "k"), [])
+        store.sync.fail(WF, 0, ("t", "KeyError", "k"), [], TOKEN)
         downgrade(redis_client)
         assert redis_client.hget(keys_of(WF).meta, "factor") == b"t"
         raw, running = await store.aio().meta(WF) or ({}, 0)
@@ -391,19 +405,19 @@ class TestUpgradeCost:
     ) -> None:
         # Given a current workflow: a claim reads its meta hash with one HMGET, writes nothing
         redis_client.config_resetstat()
-        assert store.sync.claim(WF, 0, "m0", []).run
+        assert store.sync.claim(WF, 0, "m0", [], TOKEN).run
         calls = self.calls(redis_client)
         assert (calls.get("hmget"), calls.get("hget"), calls.get("hdel")) == (1, 1, None)
         # Given the same hash as 0.1.0 wrote it: the first script renames its fields (one
         # HMGET of the old names, one HSET, one HDEL, then the state is read again)
         downgrade(redis_client)
         redis_client.config_resetstat()
-        assert store.sync.claim(WF, 0, "m0", []).run
+        assert store.sync.claim(WF, 0, "m0", [], TOKEN).run
         calls = self.calls(redis_client)
         assert (calls.get("hmget"), calls.get("hdel")) == (3, 1)
         # and the next script finds it current again
         redis_client.config_resetstat()
-        assert store.sync.claim(WF, 0, "m0", []).run
+        assert store.sync.claim(WF, 0, "m0", [], TOKEN).run
         assert self.calls(redis_client).get("hmget") == 1
 
 

@@ -22,6 +22,8 @@ if TYPE_CHECKING:
     import redis
 
 WF = "wf1"
+#: The message token of the workflows these tests store (deliveries carry it).
+TOKEN = "0123456789abcdef"
 _broker = StubBroker()
 dramatiq.set_broker(_broker)
 
@@ -55,6 +57,7 @@ async def submit(
         on_failure=cb,
         retention_ms=60_000,
         now_ms=0,
+        token=TOKEN,
     )
     qkeys = queue_keys("dramatiq", up.slots) if direct else []
     await store.aio().submit(WF, up, qkeys)
@@ -77,7 +80,7 @@ class TestLoading:
     ) -> None:
         await submit(store, Chain(t.message(0), t.message(1)))
         redis_client.script_flush()
-        done = store.sync.complete(WF, 0, None, [])
+        done = store.sync.complete(WF, 0, None, [], None, TOKEN)
         assert done.status == 1
         assert done.released == (1,)
         redis_client.script_flush()
@@ -87,8 +90,8 @@ class TestLoading:
 class TestComplete:
     async def test_a_duplicate_completion_changes_nothing(self, store: RedisStore) -> None:
         await submit(store, Chain(t.message(0), t.message(1)))
-        first = store.sync.complete(WF, 0, None, [])
-        second = store.sync.complete(WF, 0, None, [])
+        first = store.sync.complete(WF, 0, None, [], None, TOKEN)
+        second = store.sync.complete(WF, 0, None, [], None, TOKEN)
         assert (first.status, first.released) == (1, (1,))
         assert (second.status, second.released) == (0, ())
 
@@ -102,7 +105,7 @@ class TestComplete:
                 Group(*[t.message(i) for i in range(5, 9)]),
             ),
         )
-        released = [store.sync.complete(WF, i, None, []).released for i in range(5)]
+        released = [store.sync.complete(WF, i, None, [], None, TOKEN).released for i in range(5)]
         assert released[:4] == [()] * 4
         assert sorted(released[4]) == [5, 6, 7, 8]
         # per-node state is compact: a few strings, not a key per node
@@ -112,7 +115,7 @@ class TestComplete:
         self, store: RedisStore
     ) -> None:
         await submit(store, Chain(t.message(0)), callbacks=True)
-        done = store.sync.complete(WF, 0, b"r", [])
+        done = store.sync.complete(WF, 0, b"r", [], None, TOKEN)
         assert done.state is State.SUCCEEDED
         assert done.released == ("s",)
         meta, _ = await store.aio().meta(WF) or ({}, 0)
@@ -123,10 +126,10 @@ class TestComplete:
         self, store: RedisStore, redis_client: redis.Redis
     ) -> None:
         await submit(store, Chain(t.message(0), t.message(1)))
-        store.sync.complete(WF, 0, None, [])
+        store.sync.complete(WF, 0, None, [], None, TOKEN)
         assert redis_client.pttl(key("meta")) == -1
         assert redis_client.pttl(key("dag")) == -1
-        store.sync.complete(WF, 1, None, [])
+        store.sync.complete(WF, 1, None, [], None, TOKEN)
         for k in (key("meta"), key("dag"), key("cnt"), key("done")):
             assert 0 < redis_client.pttl(k) <= 60_000
 
@@ -146,9 +149,9 @@ class TestDirectEnqueue:
             cast("bytes", redis_client.hget("dramatiq:default.msgs", ids[0]))
         )
         assert root.options["redis_message_id"] == ids[0].decode() == root.message_id
-        assert root.options["aiowf"] == [WF, 0]
+        assert root.options["aiowf"] == [WF, 0, TOKEN]
         assert root.args == (0,)
-        store.sync.complete(WF, 0, None, qkeys)
+        store.sync.complete(WF, 0, None, qkeys, None, TOKEN)
         (delayed_id,) = cast("list[bytes]", redis_client.lrange("dramatiq:default.DQ", 0, -1))
         delayed = dramatiq.Message.decode(
             cast("bytes", redis_client.hget("dramatiq:default.DQ.msgs", delayed_id))
@@ -161,27 +164,27 @@ class TestDirectEnqueue:
 class TestClaim:
     async def test_claim_codes(self, store: RedisStore) -> None:
         await submit(store, Group(t.message(0), t.message(1), t.message(2)))
-        assert store.sync.claim(WF, 0, "m0", []).code == ClaimCode.RUN
+        assert store.sync.claim(WF, 0, "m0", [], TOKEN).code == ClaimCode.RUN
         assert (
-            store.sync.claim(WF, 0, "m0", []).code == ClaimCode.RUN
+            store.sync.claim(WF, 0, "m0", [], TOKEN).code == ClaimCode.RUN
         )  # redelivery of the same message
-        assert store.sync.claim(WF, 0, "other", []).code == ClaimCode.DUPLICATE
-        store.sync.complete(WF, 0, None, [])
-        assert store.sync.claim(WF, 0, "m0", []).code == ClaimCode.DONE
+        assert store.sync.claim(WF, 0, "other", [], TOKEN).code == ClaimCode.DUPLICATE
+        store.sync.complete(WF, 0, None, [], None, TOKEN)
+        assert store.sync.claim(WF, 0, "m0", [], TOKEN).code == ClaimCode.DONE
         await store.aio().control("pause", WF, [])
-        assert store.sync.claim(WF, 1, "m1", []).code == ClaimCode.HELD
+        assert store.sync.claim(WF, 1, "m1", [], TOKEN).code == ClaimCode.HELD
         resumed = await store.aio().control("resume", WF, [])
         assert resumed.released == (1,)
         assert (await store.aio().control("resume", WF, [])).status == 0
         await store.aio().control("cancel", WF, [])
-        assert store.sync.claim(WF, 2, "m2", []).code == ClaimCode.ENDED
-        assert store.sync.claim("nope", 0, "m", []).code == ClaimCode.MISSING
+        assert store.sync.claim(WF, 2, "m2", [], TOKEN).code == ClaimCode.ENDED
+        assert store.sync.claim("nope", 0, "m", [], TOKEN).code == ClaimCode.MISSING
 
     async def test_a_stray_copy_of_an_unreleased_node_is_skipped(self, store: RedisStore) -> None:
         await submit(store, Chain(t.message(0), t.message(1)))
-        assert store.sync.claim(WF, 1, "early", []).code == ClaimCode.UNRELEASED
-        store.sync.complete(WF, 0, None, [])
-        assert store.sync.claim(WF, 1, "early", []).code == ClaimCode.RUN
+        assert store.sync.claim(WF, 1, "early", [], TOKEN).code == ClaimCode.UNRELEASED
+        store.sync.complete(WF, 0, None, [], None, TOKEN)
+        assert store.sync.claim(WF, 1, "early", [], TOKEN).code == ClaimCode.RUN
 
 
 class TestFailAndControl:
@@ -189,8 +192,8 @@ class TestFailAndControl:
         self, store: RedisStore
     ) -> None:
         await submit(store, Chain(Group(t.message(0), t.message(1)), t.message(2)), callbacks=True)
-        f0 = store.sync.fail(WF, 0, ("t", "ValueError", "boom"), [])
-        f1 = store.sync.fail(WF, 1, ("t", "KeyError", "k"), [])
+        f0 = store.sync.fail(WF, 0, ("t", "ValueError", "boom"), [], TOKEN)
+        f1 = store.sync.fail(WF, 1, ("t", "KeyError", "k"), [], TOKEN)
         assert (f0.state, f0.released) == (State.FAILED, ("f",))
         assert f1.released == ()
         meta, _ = await store.aio().meta(WF) or ({}, 0)
@@ -216,7 +219,7 @@ class TestFailAndControl:
 
     async def test_cancel_after_success_is_a_no_op(self, store: RedisStore) -> None:
         await submit(store, t.message(0))
-        store.sync.complete(WF, 0, None, [])
+        store.sync.complete(WF, 0, None, [], None, TOKEN)
         done = await store.aio().control("cancel", WF, [])
         assert (done.status, done.state) == (0, State.SUCCEEDED)
 
@@ -227,7 +230,7 @@ class TestFailAndControl:
         rec = store.sync.reconcile(WF, 0, 100, [])
         assert sorted(rec.released) == [0, 1]
         assert store.sync.reconcile(WF, 60_000, 100, []).released == ()
-        store.sync.claim(WF, 0, "m", [])
+        store.sync.claim(WF, 0, "m", [], TOKEN)
         assert store.sync.reconcile(WF, 0, 100, []).released == (1,)
 
 
@@ -240,9 +243,10 @@ class TestMemoryTwin:
             direct=False,
             retention_ms=1,
             now_ms=0,
+            token=TOKEN,
         )
         started = await mem.aio().submit(WF, up, [])
         assert started.released == (0, 1)
-        assert mem.complete(WF, 0, None, []).released == ()
-        assert mem.complete(WF, 0, None, []).status == 0
-        assert mem.complete(WF, 1, None, []).released == (2,)
+        assert mem.complete(WF, 0, None, [], None, TOKEN).released == ()
+        assert mem.complete(WF, 0, None, [], None, TOKEN).status == 0
+        assert mem.complete(WF, 1, None, [], None, TOKEN).released == (2,)

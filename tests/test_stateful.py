@@ -46,6 +46,7 @@ many examples against Redis and can take minutes (Hypothesis stops it after five
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import importlib
 import itertools
 import os
@@ -121,6 +122,35 @@ def _find(name: str) -> Any:
 
 
 build_upload: Callable[..., Any] = _find("build_upload")
+
+
+def token_for(workflow_id: str) -> str:
+    """The submission token of a workflow of this module (stores check every delivery against
+    its submission's token; like real ones, distinct workflows get distinct tokens, since the
+    token also names the messages pushed in direct mode)."""
+    return hashlib.blake2b(workflow_id.encode(), digest_size=8).hexdigest()
+
+
+class Tokened:
+    """A sync driver whose claim/complete/fail calls carry the submission's token, as a
+    worker's do (the token travels in each message's workflow option)."""
+
+    def __init__(self, driver: Any) -> None:
+        self._driver = driver
+
+    def claim(self, workflow_id: str, *args: Any) -> Any:
+        return self._driver.claim(workflow_id, *args, token=token_for(workflow_id))
+
+    def complete(self, workflow_id: str, *args: Any) -> Any:
+        return self._driver.complete(workflow_id, *args, token=token_for(workflow_id))
+
+    def fail(self, workflow_id: str, *args: Any) -> Any:
+        return self._driver.fail(workflow_id, *args, token=token_for(workflow_id))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._driver, name)
+
+
 Callback: Callable[..., Any] = _find("Callback")
 
 Key = int | str
@@ -425,7 +455,7 @@ class StoreMachine(RuleBasedStateMachine):
         return self.loop.run_until_complete(coro)
 
     def sync(self, engine: str) -> Any:
-        return self.memory if engine == "memory" else self.redis.sync
+        return Tokened(self.memory if engine == "memory" else self.redis.sync)
 
     def aio(self, engine: str) -> Any:
         """The async driver (call it inside the machine's event loop)."""
@@ -457,7 +487,8 @@ class StoreMachine(RuleBasedStateMachine):
                 opts = msg["options"]
                 assert opts["redis_message_id"] == msg["message_id"] == rid
                 assert msg["queue_name"] == queue
-                wid, node = opts["aiowf"]
+                wid, node, token = opts["aiowf"]
+                assert token == token_for(wid), "a pushed message carries its submission's token"
                 pushed[wid, node] += 1
                 wf = next(w for w in self.wfs if w.ids["direct"] == wid)
                 if isinstance(node, int):
@@ -643,6 +674,7 @@ class StoreMachine(RuleBasedStateMachine):
                 retention_ms=60_000,
                 now_ms=1_000,
                 audit=True,
+                token=token_for(ids[engine]),
             )
             for engine in ENGINES
         }
@@ -816,10 +848,10 @@ async def _run_steps(
     """Submit nothing yet; hand ``steps`` the sync and async drivers of one engine."""
     if engine == "memory":
         mem = MemoryStore()
-        return await steps(mem, mem.aio(), engine, [])
+        return await steps(Tokened(mem), mem.aio(), engine, [])
     store = RedisStore(url=redis_url, retention=60)
     try:
-        return await steps(store.sync, store.aio(), engine, [])
+        return await steps(Tokened(store.sync), store.aio(), engine, [])
     finally:
         await store.aclose()
         store.close()
@@ -829,8 +861,9 @@ async def _submit_one(aio: Any, engine: str, canvas: Any, *, on_success: bool = 
     callback = Callback("on_done", CALLBACK_QUEUE, ("x",), {}, {}) if on_success else None
     direct = engine == "direct"
     up = build_upload(
-        "w", compile(canvas), direct=direct, on_success=callback, retention_ms=60_000, now_ms=0
-    )
+        "w", compile(canvas), direct=direct, on_success=callback, retention_ms=60_000, now_ms=0,
+        token=token_for("w"),
+    )  # fmt: skip
     qkeys = queue_keys(NAMESPACE, list(up.slots)) if direct else []
     await aio.submit("w", up, qkeys)
     return qkeys

@@ -25,6 +25,8 @@ if TYPE_CHECKING:
     from tests.conftest import RedisServer
 
 _broker = StubBroker()
+#: The message token of the workflows these tests store (deliveries carry it).
+TOKEN = "0123456789abcdef"
 
 
 @dramatiq.actor(broker=_broker)
@@ -47,7 +49,12 @@ def server() -> Iterator[RedisServer]:
 
 async def _submit(store: RedisStore, wf: str) -> None:
     up = build_upload(
-        wf, compile(Chain(t.message(1), t.message(2))), direct=False, retention_ms=60_000, now_ms=0
+        wf,
+        compile(Chain(t.message(1), t.message(2))),
+        direct=False,
+        retention_ms=60_000,
+        now_ms=0,
+        token=TOKEN,
     )
     await store.aio().submit(wf, up, [])
 
@@ -70,14 +77,14 @@ class TestWirePath:
             assert store.sync._wire is not None
             await _submit(store, "w1")
             store.client.script_flush()  # the wire path loads scripts it finds missing
-            claim = store.sync.claim("w1", 0, "m1", [])
+            claim = store.sync.claim("w1", 0, "m1", [], TOKEN)
             assert claim.run
-            done = store.sync.complete("w1", 0, None, [])
+            done = store.sync.complete("w1", 0, None, [], None, TOKEN)
             assert done.released == (1,)
             # the state lives in db 3, where redis-py's own calls see it too
             assert store.client.getbit("aiowf:{w1}:done", 0) == 1
             assert redis.Redis(port=server.port, password="s3cret", db=0).dbsize() == 0
-            again = store.sync.claim("w1", 0, "m2", [])
+            again = store.sync.claim("w1", 0, "m2", [], TOKEN)
             assert not again.run
             assert again.code == ClaimCode.DONE
         finally:
@@ -90,13 +97,13 @@ class TestWirePath:
         store = RedisStore(url=f"redis://:s3cret@127.0.0.1:{server.port}/0")
         try:
             await _submit(store, "w2")
-            assert store.sync.claim("w2", 0, "m1", []).run
+            assert store.sync.claim("w2", 0, "m1", [], TOKEN).run
             store.client.client_kill_filter(_type="normal", skipme=True)
             with pytest.raises(StoreConnectionError):
-                store.sync.complete("w2", 0, None, [])
+                store.sync.complete("w2", 0, None, [], None, TOKEN)
             # the next call opens a fresh socket; the completion was not applied twice
-            assert store.sync.complete("w2", 0, None, []).released == (1,)
-            assert store.sync.complete("w2", 0, None, []).released == ()
+            assert store.sync.complete("w2", 0, None, [], None, TOKEN).released == (1,)
+            assert store.sync.complete("w2", 0, None, [], None, TOKEN).released == ()
         finally:
             await store.aclose()
             store.close()

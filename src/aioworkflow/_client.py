@@ -25,6 +25,7 @@ from ._dag import Dag, ResultSpec, spec_nodes
 from ._dramatiq import Route, as_callback, direct_mode, route_for
 from ._dramatiq._hooks import Stamped, stamp_direct
 from ._graph import Step, _check_step  # pyright: ignore[reportPrivateUsage] - _graph's own check
+from ._keys import check_workflow_id
 from ._machine import CallbackKind
 from ._middleware import find_store
 from ._observe import current_traceparent
@@ -108,9 +109,12 @@ class Workflow:
         canvas: a message, ``Chain``, ``Group``, ``WithDelay`` or ``Graph``.
         on_success: a dramatiq message enqueued once when the last node succeeds.
         on_failure: a dramatiq message enqueued once when a node fails for good.
-        id: the workflow id (default: a fresh random id). It must not start with ``}``: the
-            id is the Redis Cluster hash tag of the workflow's keys (``aiowf:{<id>}:...``),
-            and ``{}`` would hash each key on its own, spreading them over slots.
+        id: the workflow id (default: a fresh random id): any non-empty string of at most
+            200 characters (``MAX_ID_LENGTH``) that encodes as UTF-8; quotes, backslashes and
+            control characters work (they are escaped wherever the id is rendered). It must
+            not start with ``}``: the id is the Redis Cluster hash tag of the workflow's keys
+            (``aiowf:{<id>}:...``), and ``{}`` would hash each key on its own, spreading them
+            over slots. Anything else raises :class:`~aioworkflow.errors.ConfigurationError`.
         audit: log every node release as a ``node_released`` event (costs one stream entry
             per release; meant for tests and debugging).
         max_message_bytes: the largest encoded arguments of one node; ``run()`` raises
@@ -133,11 +137,8 @@ class Workflow:
         max_message_bytes: int = MAX_MESSAGE_BYTES,
     ) -> None:
         _check_step(canvas, "Workflow")
-        if id is not None and id.startswith("}"):
-            raise ConfigurationError(
-                f"workflow id {id!r} starts with '}}': its keys would not share a Redis Cluster "
-                "slot (the id is their hash tag)"
-            )
+        if id is not None:
+            check_workflow_id(id)
         for name, cb in (("on_success", on_success), ("on_failure", on_failure)):
             if cb is not None:
                 _check_step(cb, name)
@@ -207,9 +208,11 @@ class Workflow:
                 audit=self.audit,
                 trace=trace,
                 stamped=None if stamped is None else stamped.options,
+                failed_retention_ms=getattr(store, "failed_retention_ms", None),
             )
             callbacks = {str(kind): fields for kind, fields in upload.callbacks.items()}
-            loaded = Loaded(dag, str(upload.meta["mode"]), upload.slots, callbacks, trace)
+            mode = str(upload.meta["mode"])
+            loaded = Loaded(dag, mode, upload.slots, callbacks, trace=trace, token=upload.token)
             return loaded, upload, route_for(broker, workflow_id, loaded), stamped
 
         loaded, upload, route, stamped = await anyio.to_thread.run_sync(prepare)

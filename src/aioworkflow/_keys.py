@@ -10,7 +10,56 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import NamedTuple
 
-__all__ = ["ACTIVE", "PARTS", "PREFIX", "WorkflowKeys", "keys_of", "workflow_keys"]
+from .errors import ConfigurationError
+
+__all__ = [
+    "ACTIVE",
+    "MAX_ID_LENGTH",
+    "PARTS",
+    "PREFIX",
+    "WorkflowKeys",
+    "check_workflow_id",
+    "keys_of",
+    "workflow_keys",
+]
+
+#: Longest workflow id, in characters: it is repeated in every key of the workflow and in
+#: every message id its scripts push, so it is bounded (message size stays small).
+MAX_ID_LENGTH = 200
+
+
+def check_workflow_id(workflow_id: object) -> str:
+    """Return ``workflow_id`` if it can name a workflow in every mode.
+
+    Any non-empty string of at most ``MAX_ID_LENGTH`` characters that encodes as UTF-8 and does
+    not start with ``}`` works: quotes, backslashes and control characters (NUL included) are
+    JSON-escaped wherever an id is rendered into a message.
+
+    Raises:
+        ConfigurationError: not a string, empty, too long, not encodable as UTF-8 (a lone
+            surrogate), or starting with ``}`` (the id is the Redis Cluster hash tag of the
+            workflow's keys, ``aiowf:{<id>}:...``; ``{}`` would hash each key on its own).
+    """
+    if not isinstance(workflow_id, str):
+        raise ConfigurationError(f"a workflow id is a string, not {type(workflow_id).__name__}")
+    if not workflow_id:
+        raise ConfigurationError("a workflow id must not be empty (omit id= for a random one)")
+    if len(workflow_id) > MAX_ID_LENGTH:
+        raise ConfigurationError(
+            f"workflow id of {len(workflow_id)} characters: at most {MAX_ID_LENGTH} are allowed"
+        )
+    try:
+        workflow_id.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        bad = workflow_id[exc.start]
+        raise ConfigurationError(f"workflow id contains {bad!r}, not encodable as UTF-8") from None
+    if workflow_id.startswith("}"):
+        raise ConfigurationError(
+            f"workflow id {workflow_id!r} starts with '}}': its keys would not share a Redis "
+            "Cluster slot (the id is their hash tag)"
+        )
+    return workflow_id
+
 
 #: Prefix of every key aioworkflow writes.
 PREFIX = "aiowf"

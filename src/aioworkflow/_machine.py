@@ -38,8 +38,10 @@ __all__ = [
     "DROPPED_FIELDS",
     "FINAL_STATES",
     "LEGACY_FIELDS",
+    "MESSAGE_TOKEN_CHARS",
     "META_FORMAT",
     "ON_RELEASE",
+    "STATE_LOST",
     "TRANSITIONS",
     "CallbackKind",
     "ClaimCode",
@@ -48,6 +50,7 @@ __all__ = [
     "Mode",
     "Op",
     "Outcome",
+    "RejectReason",
     "Release",
     "State",
     "SubmitCode",
@@ -84,6 +87,8 @@ class Op(enum.StrEnum):
     RESUME = "resume"
     RETRY = "retry"
     CANCEL = "cancel"
+    #: A script found a key of the workflow missing (evicted or deleted): it cannot go on.
+    LOSE = "lose"
 
 
 #: ``TRANSITIONS[op][from] == to``; a ``from`` state missing means ``op`` does not apply there.
@@ -108,6 +113,13 @@ TRANSITIONS: Final[dict[Op, dict[State, State]]] = {
         State.PAUSED: State.CANCELLED,
         State.FAILED: State.CANCELLED,
     },
+    # A live workflow whose state is partly gone (an evicted key) can neither finish nor be
+    # trusted to release the right nodes: it fails with exc type STATE_LOST, never succeeds.
+    Op.LOSE: {
+        State.PENDING: State.FAILED,
+        State.RUNNING: State.FAILED,
+        State.PAUSED: State.FAILED,
+    },
 }
 
 #: What each transition also does (rendered into the prose table).
@@ -119,6 +131,8 @@ EFFECTS: Final[dict[Op, str]] = {
     Op.RESUME: "held nodes released once",
     Op.RETRY: "failed and held nodes released once, failure details cleared",
     Op.CANCEL: "nothing released any more, queued deliveries skipped",
+    Op.LOSE: "a key is missing: nothing written but this, exc type ``StateLost``, "
+    "``on_failure`` dispatched once",
 }
 
 #: States in which nothing runs (keys expire ``retention_ms`` after reaching one).
@@ -164,6 +178,11 @@ class ClaimCode(enum.IntEnum):
     DUPLICATE = 4
     #: The node has not been released (predecessors unfinished): a stray copy, skip.
     UNRELEASED = 5
+    #: The delivery does not belong to this workflow: its token is not the submission's (a
+    #: message of an earlier workflow with the same id) or its node index is out of range.
+    REJECTED = 6
+    #: A key of the workflow is missing (evicted): the workflow was failed (Op.LOSE), skip.
+    LOST = 7
     #: No such workflow.
     MISSING = -1
 
@@ -197,6 +216,22 @@ class Outcome(enum.IntEnum):
     UNCHANGED = 0
     #: There is no such workflow.
     MISSING = -1
+    #: The call does not belong to this workflow (wrong token, node index out of range).
+    REJECTED = -2
+    #: A key of the workflow is missing: the call applied Op.LOSE instead (FAILED).
+    LOST = -3
+
+
+class RejectReason(enum.StrEnum):
+    """Why a script refused a delivery (the reason of :attr:`Outcome.REJECTED` and
+    :attr:`ClaimCode.REJECTED`)."""
+
+    #: Its token is not the submission's: a message of an earlier workflow with the same id.
+    TOKEN = "wrong_token"
+    #: Its node index is not a task node 0 <= n < total (or a pipe node is not).
+    NODE = "bad_node"
+    #: Malformed call arguments (complete's store-result flag).
+    ARGS = "bad_args"
 
 
 class CallbackKind(enum.StrEnum):
@@ -232,6 +267,9 @@ class MetaField(enum.StrEnum):
     FORMAT = "format"
     #: The submission's token (a retried ``run()`` finds its own claim of the id).
     TOKEN = "token"
+    #: The short token every message of this submission carries (``MESSAGE_TOKEN_CHARS``
+    #: hex digits); absent in workflows stored before it existed, whose messages carry none.
+    MSG_TOKEN = "mtok"
     #: Task nodes.
     TOTAL = "total"
     SUCCEEDED = "succeeded"
@@ -242,6 +280,8 @@ class MetaField(enum.StrEnum):
     MODE = "mode"
     #: How long keys live after the workflow ended.
     RETENTION_MS = "retention_ms"
+    #: How long keys live after the workflow failed (absent: ``retention_ms``).
+    FAILED_RETENTION_MS = "failed_retention_ms"
     #: Roots released so far by start.lua's chunks.
     ROOTS_RELEASED = "roots_released"
     #: JSON list of the dramatiq queues of the KEYS pairs (direct mode).
@@ -268,6 +308,10 @@ CALLBACK_FIELD: Final[dict[CallbackKind, MetaField]] = {
     CallbackKind.SUCCESS: MetaField.ON_SUCCESS,
     CallbackKind.FAILURE: MetaField.ON_FAILURE,
 }
+#: Exception type recorded when Op.LOSE fails a workflow (``failed_actor`` is empty).
+STATE_LOST: Final = "StateLost"
+#: Hex digits of a message token (64 bits: a stale message never matches a new submission).
+MESSAGE_TOKEN_CHARS: Final = 16
 #: The stored format this version writes (``MetaField.FORMAT``).
 META_FORMAT: Final = 2
 #: 0.1.0's names of renamed meta fields (format 1 -> 2), in upgrade order.

@@ -71,6 +71,7 @@ def render_lua() -> str:
     )
     lines += _table("SUBMIT", [(c.name, str(c.value)) for c in m.SubmitCode], "submit.lua codes")
     lines += _table("OUT", [(o.name, str(o.value)) for o in m.Outcome], "reply outcomes")
+    lines += _table("REJECT", [(r.name, _q(r)) for r in m.RejectReason], "rejection reasons")
     lines += _table("CB", [(c.name, _q(c)) for c in m.CallbackKind], "callback kinds (wire)")
     lines += _table(
         "IS_CB", [(c.value, "true") for c in m.CallbackKind], "is this node key a callback?"
@@ -89,6 +90,9 @@ def render_lua() -> str:
     lines += [
         "-- the stored format this version writes",
         f"local FORMAT = {m.META_FORMAT}",
+        "-- exception type of a workflow failed by T.lose; hex digits of a message token",
+        f"local STATE_LOST = {_q(m.STATE_LOST)}",
+        f"local MSG_TOKEN_CHARS = {m.MESSAGE_TOKEN_CHARS}",
         "-- 0.1.0 names of renamed meta fields {old, new}, and fields no longer written",
         "local LEGACY = {",
         *(f"    {{{_q(old)}, {_q(new)}}}," for old, new in m.LEGACY_FIELDS.items()),

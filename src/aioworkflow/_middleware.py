@@ -53,6 +53,7 @@ from ._dramatiq import AckShortcut, direct_mode, failure_of
 from ._nodes import NodeOps
 from ._plan import OPTION
 from ._reconciler import Reconciler
+from ._upload import ref_token
 from .errors import ConfigurationError, StoreConnectionError
 
 if TYPE_CHECKING:
@@ -213,7 +214,7 @@ class WorkflowMiddleware(dramatiq.Middleware):
         self._nodes.observe.ran(message, exception)  # observability hook: ends the node's span
         if exception is None and isinstance(ref[1], int):
             try:
-                self._nodes.complete(broker, ref[0], ref[1], result, message)
+                self._nodes.complete(broker, ref[0], ref[1], result, message, ref_token(ref))
             except StoreConnectionError:
                 logger.warning(
                     "Completion of workflow %s node %s deferred to ack time.", ref[0], ref[1]
@@ -239,9 +240,14 @@ class WorkflowMiddleware(dramatiq.Middleware):
             return
         result, exc = pending
         if exc is None:
-            _unavailable(lambda: self._nodes.complete(broker, ref[0], ref[1], result))
+            token = ref_token(ref)
+            _unavailable(lambda: self._nodes.complete(broker, ref[0], ref[1], result, None, token))
         elif isinstance(exc, ActorNotFound):  # Retries cannot retry what has no actor
-            _unavailable(lambda: self._nodes.fail(broker, ref[0], ref[1], message.actor_name, exc))
+            _unavailable(
+                lambda: self._nodes.fail(
+                    broker, ref[0], ref[1], message.actor_name, exc, ref_token(ref)
+                )
+            )
         self._settled()
 
     def before_nack(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
@@ -252,7 +258,10 @@ class WorkflowMiddleware(dramatiq.Middleware):
         pending = self._pending(message)
         # never processed (unknown actor): dramatiq stuffed the reason into the message
         exc = pending[1] if pending is not None else failure_of(message)
-        _unavailable(lambda: self._nodes.fail(broker, ref[0], ref[1], message.actor_name, exc))
+        token = ref_token(ref)
+        _unavailable(
+            lambda: self._nodes.fail(broker, ref[0], ref[1], message.actor_name, exc, token)
+        )
         self._settled()
 
     def before_worker_boot(self, broker: dramatiq.Broker, worker: Worker) -> None:

@@ -17,8 +17,10 @@ from dramatiq.middleware import SkipMessage
 from . import _codec
 from ._dag import ResultSpec, spec_nodes
 from ._dramatiq import mark_acked, pipe_input
+from ._machine import Outcome, RejectReason
 from ._observe import Observer
 from ._plan import ClaimCode
+from ._upload import parse_ref
 from .errors import ResultTooLarge, StoreConnectionError
 
 if TYPE_CHECKING:
@@ -27,7 +29,8 @@ if TYPE_CHECKING:
     import dramatiq
     from dramatiq.broker import MessageProxy
 
-    from ._context import ContextCache
+    from ._context import ContextCache, WorkflowContext
+    from ._protocol import Claim, Completion
     from ._store._base import StoreBackend
 
 __all__ = ["NodeOps"]
@@ -42,6 +45,55 @@ def _build(spec: ResultSpec, values: dict[int, Any]) -> Any:
     if isinstance(spec, list):
         return [_build(s, values) for s in spec]
     return None
+
+
+def _skip_claim(claim: Claim, workflow_id: str, node: int | str, message: MessageProxy) -> None:
+    """Log why a delivery is skipped, where the reason is worth a warning."""
+    reason = claim.results[0] if claim.results else None
+    why = reason.decode() if isinstance(reason, bytes) else str(reason)
+    if claim.code == ClaimCode.MISSING:
+        logger.warning("Workflow %s no longer exists; skipping %s.", workflow_id, message)
+    elif claim.code == ClaimCode.REJECTED:
+        logger.warning(
+            "Skipping %s: it does not belong to workflow %s (%s).",
+            message, workflow_id, _WHY.get(why, why),
+        )  # fmt: skip
+    elif claim.code == ClaimCode.LOST:
+        logger.error(
+            "Workflow %s lost its state (key %s is missing): it was failed; skipping %s.",
+            workflow_id, why, message,
+        )  # fmt: skip
+
+
+def _valid_node(workflow_id: str, node: object, what: str) -> bool:
+    """Whether ``node`` is a task node index (an int, not a bool); logs a warning if not."""
+    if type(node) is int and node >= 0:
+        return True
+    logger.warning("Workflow %s: ignoring the %s of invalid node %r.", workflow_id, what, node)
+    return False
+
+
+def _log_rejected(done: Completion, workflow_id: str, node: int, what: str) -> None:
+    if done.status == Outcome.REJECTED:
+        logger.warning(
+            "Workflow %s: ignored the %s of node %s: %s.",
+            workflow_id, what, node, _WHY.get(done.reason, done.reason),
+        )  # fmt: skip
+    elif done.status == Outcome.LOST:
+        logger.error(
+            "Workflow %s lost its state (key %s is missing): it was failed instead of "
+            "counting the %s of node %s.",
+            workflow_id, done.reason, what, node,
+        )  # fmt: skip
+
+
+#: What the scripts' rejection reasons mean.
+_WHY = {
+    RejectReason.TOKEN.value: "its token is not the submission's: a message of an earlier "
+    "workflow with the same id, or a forged one",
+    RejectReason.NODE.value: "its node index is not a node of the workflow",
+    RejectReason.ARGS.value: "malformed call",
+}
 
 
 @final
@@ -60,6 +112,20 @@ class NodeOps:
         self.attempts = attempts
         self.observe = Observer()  # metrics and tracing hooks (no-ops unless enabled)
 
+    def context(
+        self, broker: dramatiq.Broker, workflow_id: str, token: str
+    ) -> WorkflowContext | None:
+        """The loaded workflow, reloaded when the cached one is another submission's.
+
+        An id can be reused once its workflow expired: a process that cached the old one must
+        not serve the new one's deliveries with the old DAG (or enqueue with the old token).
+        """
+        ctx = self.retrying(lambda: self.contexts.get(broker, workflow_id))
+        if ctx is not None and ctx.loaded.token != token:
+            self.contexts.forget(workflow_id)
+            ctx = self.retrying(lambda: self.contexts.get(broker, workflow_id))
+        return ctx
+
     def retrying(self, call: Callable[[], T]) -> T:
         """Run ``call``, retrying connection errors with back-off (``attempts`` tries)."""
         delay = 0.05
@@ -73,29 +139,51 @@ class NodeOps:
                 delay *= 2
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def claim(self, broker: dramatiq.Broker, message: MessageProxy, ref: list[Any]) -> None:
-        """Claim the delivery's node, or raise SkipMessage; inject the piped input."""
-        workflow_id, node = ref[0], ref[1]
-        ctx = self.retrying(lambda: self.contexts.get(broker, workflow_id))
+    def claim(self, broker: dramatiq.Broker, message: MessageProxy, raw: Any) -> None:
+        """Claim the delivery's node, or raise SkipMessage; inject the piped input.
+
+        ``raw`` is the delivery's ``OPTION`` value. A malformed one (a node that is not an int,
+        a bool, not a callback kind, out of range) is skipped and logged before any store call
+        that could write; so is a delivery the claim script rejects (a wrong token: a message
+        of an earlier workflow with the same id).
+        """
+        ref = parse_ref(raw)
+        if isinstance(ref, str):
+            logger.warning(
+                "Skipping %s: its workflow reference %r is invalid: %s.", message, raw, ref
+            )
+            raise SkipMessage(f"invalid workflow reference: {ref}")
+        workflow_id, node = ref.workflow_id, ref.node
+        ctx = self.context(broker, workflow_id, ref.token)
         if ctx is None:
             logger.warning("Workflow %s no longer exists; skipping %s.", workflow_id, message)
             raise SkipMessage("workflow not found")
-        spec = ctx.loaded.dag.pipes.get(node) if isinstance(node, int) and len(ref) < 3 else None
+        if isinstance(node, int) and node >= len(ctx.loaded.dag):
+            logger.warning(
+                "Skipping %s: workflow %s has no node %d (it has %d).",
+                message, workflow_id, node, len(ctx.loaded.dag),
+            )  # fmt: skip
+            raise SkipMessage(f"workflow {workflow_id} has no node {node}")
+        spec = ctx.loaded.dag.pipes.get(node) if isinstance(node, int) and not ref.piped else None
         wanted = spec_nodes(spec) if spec is not None else []
         claim = self.retrying(
-            lambda: self.store.sync.claim(workflow_id, node, message.message_id, wanted)
+            lambda: self.store.sync.claim(workflow_id, node, message.message_id, wanted, ref.token)
         )
         if not claim.run:
+            _skip_claim(claim, workflow_id, node, message)
             if claim.code == ClaimCode.MISSING:
                 self.contexts.forget(workflow_id)
-                logger.warning("Workflow %s no longer exists; skipping %s.", workflow_id, message)
+            elif claim.code == ClaimCode.LOST and isinstance(node, int):
+                # the claim script cannot send on_failure; fail.lua finds the same key missing
+                # and fails the workflow (Op.LOSE)
+                self.fail(broker, workflow_id, node, "", None, ref.token)
             raise SkipMessage(f"workflow {workflow_id} node {node}: claim code {claim.code}")
-        if node in ctx.loaded.dag.pipes and len(ref) < 3:
+        if isinstance(node, int) and node in ctx.loaded.dag.pipes and not ref.piped:
             values = {
                 n: None if blob is None else _codec.unpack(blob)
                 for n, blob in zip(wanted, claim.results, strict=True)
             }
-            pipe_input(message, workflow_id, node, _build(spec, values))
+            pipe_input(message, ref, _build(spec, values))
         self.observe.claimed(broker, message, ctx, node)  # observability hook
 
     def complete(
@@ -105,9 +193,15 @@ class NodeOps:
         node: int,
         result: Any,
         message: MessageProxy | None = None,
+        token: str = "",
     ) -> None:
-        """Count a success; with ``message``, its delivery may be acked by the same script."""
-        ctx = self.retrying(lambda: self.contexts.get(broker, workflow_id))
+        """Count a success; with ``message``, its delivery may be acked by the same script.
+
+        ``token`` is the delivery's message token (checked by the script).
+        """
+        if not _valid_node(workflow_id, node, "success"):
+            return
+        ctx = self.context(broker, workflow_id, token)
         if ctx is None:
             logger.warning("Workflow %s vanished before node %s completed.", workflow_id, node)
             return
@@ -116,19 +210,25 @@ class NodeOps:
             try:
                 blob = _codec.pack(result)
             except TypeError as exc:
-                self.fail(broker, workflow_id, node, "", exc)
+                self.fail(broker, workflow_id, node, "", exc, token)
                 return
             if len(blob) > self.store.result_limit:
                 err = ResultTooLarge(len(blob), self.store.result_limit)
-                self.fail(broker, workflow_id, node, "", err)
+                self.fail(broker, workflow_id, node, "", err, token)
                 return
         route = ctx.route
         ack = route.ack_for(message) if message is not None else None
         done = self.retrying(
-            lambda: self.store.sync.complete(workflow_id, node, blob, route.queue_keys, ack)
+            lambda: self.store.sync.complete(workflow_id, node, blob, route.queue_keys, ack, token)
         )
         if ack is not None and message is not None:
             mark_acked(message)
+        _log_rejected(done, workflow_id, node, "success")
+        if done.status == Outcome.REJECTED:
+            return
+        if done.status == Outcome.LOST:  # failed (StateLost): send on_failure if released
+            route.after_barrier(done.released)
+            return
         if done.status < 0:  # its keys expired or were deleted while the node ran
             self.contexts.forget(workflow_id)
             logger.warning("Workflow %s vanished before node %s completed.", workflow_id, node)
@@ -143,19 +243,36 @@ class NodeOps:
         node: int,
         actor: str,
         exc: BaseException | None,
+        token: str = "",
     ) -> None:
-        """Record a final failure of the node (``actor`` "" means: the DAG's actor name)."""
+        """Record a final failure of the node (``actor`` "" means: the DAG's actor name).
+
+        ``token`` is the delivery's message token (checked by the script).
+        """
+        if not _valid_node(workflow_id, node, "failure"):
+            return
         exc_type = type(exc).__name__ if exc is not None else "MessageFailed"
         text = str(exc) if exc is not None else "dramatiq rejected the message"
-        ctx = self.retrying(lambda: self.contexts.get(broker, workflow_id))
+        ctx = self.context(broker, workflow_id, token)
         if ctx is None:
+            return
+        if node >= len(ctx.loaded.dag):
+            logger.warning(
+                "Workflow %s: ignoring the failure of invalid node %r.", workflow_id, node
+            )
             return
         name = actor or ctx.loaded.dag.node(node).actor_name
         info = (name, exc_type, text[:2000])
         route = ctx.route
         done = self.retrying(
-            lambda: self.store.sync.fail(workflow_id, node, info, route.queue_keys)
+            lambda: self.store.sync.fail(workflow_id, node, info, route.queue_keys, token)
         )
+        _log_rejected(done, workflow_id, node, "failure")
+        if done.status == Outcome.REJECTED:
+            return
+        if done.status == Outcome.LOST:  # failed (StateLost): send on_failure if released
+            route.after_barrier(done.released)
+            return
         if done.status < 0:
             self.contexts.forget(workflow_id)
             logger.warning("Workflow %s vanished before node %s failed.", workflow_id, node)

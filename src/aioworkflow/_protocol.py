@@ -128,6 +128,7 @@ class Claim:
     """Answer of a claim: whether to run, and the stored results the piped input needs."""
 
     code: ClaimCode
+    #: The piped input's results (RUN); the reason (REJECTED, LOST).
     results: tuple[bytes | None, ...] = ()
 
     @property
@@ -150,6 +151,9 @@ class Completion:
     state: State | None
     released: tuple[int | CallbackKind, ...] = ()
     extra: int = 0
+    #: Why the call was :attr:`Outcome.REJECTED` ("token", "node", "flag"), or the key found
+    #: missing (:attr:`Outcome.LOST`); "" otherwise.
+    reason: str = ""
 
 
 @final
@@ -187,11 +191,20 @@ def start_call(
 
 
 def claim_call(
-    workflow_id: str, node: int | str, message_id: str, pipe_nodes: Sequence[int]
+    workflow_id: str,
+    node: int | str,
+    message_id: str,
+    pipe_nodes: Sequence[int],
+    token: str = "",
 ) -> ScriptCall:
-    """May delivery ``message_id`` of ``node`` run? Also fetch ``pipe_nodes``' results."""
+    """May delivery ``message_id`` of ``node`` run? Also fetch ``pipe_nodes``' results.
+
+    ``token`` is the delivery's message token ("" for a message without one).
+    """
     return ScriptCall(
-        ScriptName.CLAIM, keys_of(workflow_id), (workflow_id, node, message_id, *pipe_nodes)
+        ScriptName.CLAIM,
+        keys_of(workflow_id),
+        (workflow_id, node, message_id, token, *pipe_nodes),
     )
 
 
@@ -202,10 +215,11 @@ def complete_call(
     queue_keys: Sequence[str],
     ack: BrokerAck | None = None,
     now_ms: int = 0,
+    token: str = "",
 ) -> ScriptCall:
     """Count ``node`` as succeeded (storing ``result`` unless None); ``ack`` its delivery."""
     keys = keys_of(workflow_id)
-    args = (workflow_id, node, result or b"", 0 if result is None else 1)
+    args = (workflow_id, node, result or b"", 0 if result is None else 1, token)
     if ack is None:
         return ScriptCall(ScriptName.COMPLETE, (*keys, *queue_keys), args)
     return ScriptCall(
@@ -216,11 +230,15 @@ def complete_call(
 
 
 def fail_call(
-    workflow_id: str, node: int, info: tuple[str, str, str], queue_keys: Sequence[str]
+    workflow_id: str,
+    node: int,
+    info: tuple[str, str, str],
+    queue_keys: Sequence[str],
+    token: str = "",
 ) -> ScriptCall:
     """Record that ``node`` failed for good; ``info`` is (actor, exception type, message)."""
     return ScriptCall(
-        ScriptName.FAIL, (*keys_of(workflow_id), *queue_keys), (workflow_id, node, *info)
+        ScriptName.FAIL, (*keys_of(workflow_id), *queue_keys), (workflow_id, node, *info, token)
     )
 
 
@@ -284,13 +302,22 @@ def parse_submit(reply: Sequence[Any]) -> Submitted:
 
 
 def parse_claim(reply: Sequence[Any]) -> Claim:
-    """Narrow a ``claim.lua`` reply: ``{code, results...}``."""
+    """Narrow a ``claim.lua`` reply: ``{code, results...}`` (``{code, reason}`` when the
+    claim was rejected or found the workflow's state lost)."""
     return Claim(_CLAIM_CODES[reply[0]], tuple(reply[1:]))
 
 
 def parse_control(reply: Sequence[Any]) -> Completion:
-    """Narrow a ``{status, state, released...}`` reply (start and the control scripts)."""
-    return Completion(_OUTCOMES[reply[0]], _state(reply[1]), _released(reply[2:]))
+    """Narrow a ``{status, state, released...}`` reply (start and the control scripts).
+
+    A lost call's reply is ``{status, state, key, callback?}`` (:attr:`Completion.reason`).
+    """
+    status = _OUTCOMES[reply[0]]
+    if status in (Outcome.REJECTED, Outcome.LOST):
+        reason = _text(reply[2]) if len(reply) > 2 else ""
+        cbs = tuple(CallbackKind(_text(v)) for v in reply[3:] if v)
+        return Completion(status, _state(reply[1]), cbs, reason=reason)
+    return Completion(status, _state(reply[1]), _released(reply[2:]))
 
 
 parse_start = parse_control
@@ -299,19 +326,31 @@ parse_start = parse_control
 def parse_complete(reply: Sequence[Any]) -> Completion:
     """Narrow a ``{status, state, callback, released...}`` reply (``complete``, ``fail``).
 
-    The callback this call dispatched ("" for none) comes first in ``released``.
+    The callback this call dispatched ("" for none) comes first in ``released``. A rejected
+    or lost call's fourth element is its :attr:`Completion.reason`.
     """
-    released = _released(reply[3:])
+    status = _OUTCOMES[reply[0]]
     cb = _text(reply[2]) if len(reply) > 2 and reply[2] is not None else ""
+    if status in (Outcome.REJECTED, Outcome.LOST):
+        reason = _text(reply[3]) if len(reply) > 3 else ""
+        released: tuple[int | CallbackKind, ...] = (CallbackKind(cb),) if cb else ()
+        return Completion(status, _state(reply[1]), released, reason=reason)
+    released = _released(reply[3:])
     if cb:
         released = (CallbackKind(cb), *released)
-    return Completion(_OUTCOMES[reply[0]], _state(reply[1]), released)
+    return Completion(status, _state(reply[1]), released)
 
 
 parse_fail = parse_complete
 
 
 def parse_reconcile(reply: Sequence[Any]) -> Completion:
-    """Narrow a ``{status, state, remaining, released...}`` reply; ``extra`` = remaining."""
+    """Narrow a ``{status, state, remaining, released...}`` reply; ``extra`` = remaining.
+
+    A lost call's reply is ``{status, state, 0, key, callback?}``.
+    """
     extra = int(reply[2]) if len(reply) > 2 else 0
+    if _OUTCOMES[reply[0]] is Outcome.LOST:
+        cbs = tuple(CallbackKind(_text(v)) for v in reply[4:] if v)
+        return Completion(Outcome.LOST, _state(reply[1]), cbs, reason=_text(reply[3]))
     return Completion(_OUTCOMES[reply[0]], _state(reply[1]), _released(reply[3:]), extra)

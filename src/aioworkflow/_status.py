@@ -7,9 +7,9 @@ rendered from that data by ``python -m aioworkflow._machine_render``:
 
 .. transitions: begin (rendered from _machine.TRANSITIONS; do not edit)
 
-======= ========= ========= ============================================================
+======= ========= ========= ==================================================================================================
 from    operation to        also
-======= ========= ========= ============================================================
+======= ========= ========= ==================================================================================================
 PENDING start     RUNNING   roots released (SUCCEEDED at once if there are no tasks)
 PENDING finish    SUCCEEDED ``on_success`` dispatched once
 RUNNING finish    SUCCEEDED ``on_success`` dispatched once
@@ -24,7 +24,10 @@ PENDING cancel    CANCELLED nothing released any more, queued deliveries skipped
 RUNNING cancel    CANCELLED nothing released any more, queued deliveries skipped
 PAUSED  cancel    CANCELLED nothing released any more, queued deliveries skipped
 FAILED  cancel    CANCELLED nothing released any more, queued deliveries skipped
-======= ========= ========= ============================================================
+PENDING lose      FAILED    a key is missing: nothing written but this, exc type ``StateLost``, ``on_failure`` dispatched once
+RUNNING lose      FAILED    a key is missing: nothing written but this, exc type ``StateLost``, ``on_failure`` dispatched once
+PAUSED  lose      FAILED    a key is missing: nothing written but this, exc type ``StateLost``, ``on_failure`` dispatched once
+======= ========= ========= ==================================================================================================
 
 .. transitions: end
 
@@ -33,10 +36,12 @@ SUCCEEDED and CANCELLED are final; FAILED is final unless retried.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Literal, final
 
 from ._machine import LEGACY_FIELDS, MetaField, State
+from .errors import DecodeError
 
 __all__ = ["Event", "State", "Transition", "WorkflowStatus", "status_from_meta"]
 
@@ -115,16 +120,38 @@ def _get(meta: dict[str, str], field: MetaField) -> str | None:
     return value
 
 
+_INT = re.compile(r"-?[0-9]{1,19}")
+
+
 def _int(meta: dict[str, str], field: MetaField) -> int | None:
+    # a corrupt number (hand-edited, half-written by a foreign tool) reads as missing: a status
+    # is for looking at a workflow, it must not crash on what it cannot read
     value = _get(meta, field)
-    return int(value) if value not in (None, "") else None
+    if value is None or _INT.fullmatch(value) is None:
+        return None
+    return int(value)
+
+
+def _state(meta: dict[str, str]) -> State:
+    raw = meta.get(MetaField.STATE, "")
+    try:
+        return State(raw)
+    except ValueError:
+        data = str(raw).encode("utf-8", "backslashreplace")
+        raise DecodeError(f"corrupt workflow meta: {raw!r} is not a state", data) from None
 
 
 def status_from_meta(workflow_id: str, meta: dict[str, str], running: int) -> WorkflowStatus:
-    """Build a WorkflowStatus from a stored meta hash (format 2, or 0.1.0's field names)."""
+    """Build a WorkflowStatus from a stored meta hash (format 2, or 0.1.0's field names).
+
+    A numeric field that is not an integer reads as missing (None; 0 for the counts).
+
+    Raises:
+        DecodeError: the state field is missing or not a state.
+    """
     return WorkflowStatus(
         id=workflow_id,
-        state=State(meta[MetaField.STATE]),
+        state=_state(meta),
         total=_int(meta, MetaField.TOTAL) or 0,
         succeeded=_int(meta, MetaField.SUCCEEDED) or 0,
         failed=_int(meta, MetaField.FAILED_COUNT) or 0,

@@ -18,16 +18,35 @@ occurs in its output and the holes cannot collide with user data.
 
 Ready mode (any other broker, or Redis Cluster): scripts put released nodes in a ready set and
 reply with them; the worker enqueues them through the broker and the node's claim removes them.
+
+Every message names its workflow in the ``OPTION`` option, a :func:`message_ref`:
+``[workflow id, node, token]`` (node a ``CallbackKind`` value for the callbacks), with a fourth
+element ``1`` once a worker has appended the piped input to its arguments (a retried delivery
+must not get it twice). The token (``MetaField.MSG_TOKEN``, 16 hex digits drawn per
+submission) is checked by the claim, complete and fail scripts: a message of an earlier
+workflow that had the same id never matches. Messages of workflows stored before tokens
+existed are ``[workflow id, node]`` (``[workflow id, node, 1]`` piped), and their meta has no
+token: they keep working (:func:`parse_ref` reads both). The ids of the messages the scripts
+push are ``<token>.<node>.<seq>`` (the token makes them unique across workflows and keeps
+their length independent of the workflow id's), ``<workflow id>.<node>.<seq>`` without one.
 """
 
 from __future__ import annotations
 
+import secrets
 from array import array
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, final
+from typing import TYPE_CHECKING, Any, NamedTuple, final
 
 from ._codec import dumps_json
-from ._machine import CALLBACK_FIELD, META_FORMAT, CallbackKind, MetaField, Mode
+from ._machine import (
+    CALLBACK_FIELD,
+    MESSAGE_TOKEN_CHARS,
+    META_FORMAT,
+    CallbackKind,
+    MetaField,
+    Mode,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -37,16 +56,86 @@ if TYPE_CHECKING:
 __all__ = [
     "OPTION",
     "Callback",
+    "Ref",
     "Upload",
     "build_upload",
     "message_fields",
+    "message_ref",
+    "new_message_token",
+    "parse_ref",
+    "piped_ref",
     "queue_slots",
+    "ref_token",
     "template",
 ]
 
-#: Option under which a workflow message carries ``[workflow id, node]`` (node a
-#: ``CallbackKind`` for the callbacks), and nothing else about the workflow.
+#: Option under which a workflow message carries its :func:`message_ref`, and nothing else
+#: about the workflow.
 OPTION = "aiowf"
+#: Marker of a ref whose delivery already has its piped input (4th element).
+_PIPED = 1
+_CALLBACK_KEYS = frozenset(k.value for k in CallbackKind)
+
+
+def new_message_token() -> str:
+    """A fresh per-submission message token (``MESSAGE_TOKEN_CHARS`` hex digits, 64 bits)."""
+    return secrets.token_hex(MESSAGE_TOKEN_CHARS // 2)
+
+
+def message_ref(workflow_id: str, node: int | str, token: str) -> list[Any]:
+    """The ``OPTION`` value of a node or callback message (``token`` "" : a legacy ref)."""
+    return [workflow_id, node, token] if token else [workflow_id, node]
+
+
+class Ref(NamedTuple):
+    """A parsed ``OPTION`` value: which workflow, node and submission a delivery claims."""
+
+    workflow_id: str
+    #: A task node index (int, never bool) or a ``CallbackKind`` value.
+    node: int | str
+    #: The submission's message token ("" in messages of workflows stored before tokens).
+    token: str
+    #: The piped input was already appended to the arguments.
+    piped: bool
+
+
+def parse_ref(value: Any) -> Ref | str:
+    """Read an ``OPTION`` value; a string says why it is not a valid ref (forged, corrupt).
+
+    Only the node's *type* is checked here; its range is the workflow's business.
+    """
+    if not isinstance(value, list):
+        return "not a list"
+    items: list[Any] = value  # pyright: ignore[reportUnknownVariableType]
+    if not 2 <= len(items) <= 4:
+        return "not a list of 2 to 4 elements"
+    workflow_id, node, rest = items[0], items[1], items[2:]
+    if not isinstance(workflow_id, str):
+        return "the workflow id is not a string"
+    if isinstance(node, bool) or not (
+        (isinstance(node, int) and node >= 0) or node in _CALLBACK_KEYS
+    ):
+        return f"node {node!r} is neither a node index nor a callback kind"
+    token = ""
+    if rest and isinstance(rest[0], str):
+        token = rest.pop(0)
+        if not token:
+            return "empty token"
+    if rest != [] and rest != [_PIPED]:
+        return f"unexpected elements {rest!r}"
+    return Ref(workflow_id, node, token, bool(rest))
+
+
+def ref_token(value: Any) -> str:
+    """The token of an ``OPTION`` value ("" when it has none or is malformed)."""
+    ref = parse_ref(value)
+    return "" if isinstance(ref, str) else ref.token
+
+
+def piped_ref(ref: Ref) -> list[Any]:
+    """``ref`` as an ``OPTION`` value marked "piped input injected"."""
+    base = message_ref(ref.workflow_id, ref.node, ref.token)
+    return [*base, _PIPED]
 
 
 @final
@@ -64,6 +153,7 @@ class Callback:
 def message_fields(
     workflow_id: str, node: int | str, actor: str, queue: str,
     args: Sequence[Any], kwargs: Mapping[str, Any], options: Mapping[str, Any],
+    token: str = "",
 ) -> dict[str, Any]:  # fmt: skip
     """The dramatiq message fields (less ids and times) of a node or callback delivery."""
     return {
@@ -71,7 +161,7 @@ def message_fields(
         "actor_name": actor,
         "args": list(args),
         "kwargs": dict(kwargs),
-        "options": {**options, OPTION: [workflow_id, node]},
+        "options": {**options, OPTION: message_ref(workflow_id, node, token)},
     }
 
 
@@ -132,6 +222,8 @@ class Upload:
     callbacks: dict[CallbackKind, dict[str, Any]] = field(
         default_factory=dict[CallbackKind, dict[str, Any]]
     )
+    #: The token every message of this submission carries (``MetaField.MSG_TOKEN``).
+    token: str = ""
 
 
 def build_upload(
@@ -146,6 +238,8 @@ def build_upload(
     audit: bool = False,
     trace: str = "",
     stamped: Mapping[int | str, Mapping[str, Any]] | None = None,
+    failed_retention_ms: int | None = None,
+    token: str | None = None,
 ) -> Upload:
     """Build what a store writes for a new workflow.
 
@@ -161,8 +255,12 @@ def build_upload(
         trace: W3C traceparent of the root of the workflow's trace ("": not traced).
         stamped: options the broker's ``before_enqueue`` hooks added, per node index and
             callback kind (direct mode: rendered into the templates; see ``_dramatiq._hooks``).
+        failed_retention_ms: how long keys live after the workflow failed (default:
+            ``retention_ms``).
+        token: the submission's message token (default: a fresh one).
     """
     extra = stamped or {}
+    token = token or new_message_token()
     callbacks = {CallbackKind.SUCCESS: on_success, CallbackKind.FAILURE: on_failure}
     present = [cb for cb in callbacks.values() if cb is not None]
     slots = queue_slots(dag, present) if direct else []
@@ -174,6 +272,10 @@ def build_upload(
         MetaField.SEQ: 0,
         MetaField.MODE: Mode.DIRECT if direct else Mode.READY,
         MetaField.RETENTION_MS: retention_ms,
+        MetaField.FAILED_RETENTION_MS: (
+            retention_ms if failed_retention_ms is None else failed_retention_ms
+        ),
+        MetaField.MSG_TOKEN: token,
         MetaField.CREATED: now_ms,
         MetaField.SLOTS: dumps_json(slots).decode(),
     }
@@ -189,7 +291,7 @@ def build_upload(
             continue
         fields = message_fields(
             workflow_id, key, cb.actor_name, cb.queue_name, (*cb.args, workflow_id),
-            cb.kwargs, {**cb.options, **extra.get(str(key), {})},
+            cb.kwargs, {**cb.options, **extra.get(str(key), {})}, token,
         )  # fmt: skip
         stored[key] = fields
         meta[CALLBACK_FIELD[key]] = dumps_json(fields).decode()
@@ -202,7 +304,7 @@ def build_upload(
             eff = f"{queue}.DQ" if delay else queue
             fields = message_fields(
                 workflow_id, i, actor, eff, dag.args[i], dag.kwargs.get(i, {}),
-                {**options, **extra[i]} if i in extra else options,
+                {**options, **extra[i]} if i in extra else options, token,
             )  # fmt: skip
             templates[str(i)] = b"%d:%d:" % (slot_of[eff], delay) + template(
                 fields, delayed=bool(delay)
@@ -217,4 +319,5 @@ def build_upload(
         roots=dag.roots,
         slots=slots,
         callbacks=stored,
+        token=token,
     )

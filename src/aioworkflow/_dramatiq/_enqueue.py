@@ -11,6 +11,7 @@ from dramatiq.encoder import JSONEncoder
 from aioworkflow._compiler import INTERNAL_OPTIONS
 from aioworkflow._encoder import LZ4JSONEncoder
 from aioworkflow._plan import OPTION, Callback
+from aioworkflow._upload import message_ref
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
@@ -65,7 +66,7 @@ def build_message(
         actor_name=node.actor_name,
         args=node.args,
         kwargs=node.kwargs,
-        options={**node.options, OPTION: [workflow_id, key]},
+        options={**node.options, OPTION: message_ref(workflow_id, key, loaded.token)},
     )
     return msg, node.delay or None
 

@@ -12,22 +12,25 @@ import dataclasses
 from typing import TYPE_CHECKING, Any
 
 from aioworkflow._plan import OPTION
+from aioworkflow._upload import piped_ref
 
 if TYPE_CHECKING:
     from dramatiq.broker import MessageProxy
     from dramatiq.message import Message
 
+    from aioworkflow._upload import Ref
+
 __all__ = ["failure_of", "pipe_input"]
 
 
-def pipe_input(message: MessageProxy, workflow_id: str, node: int, value: Any) -> None:
+def pipe_input(message: MessageProxy, ref: Ref, value: Any) -> None:
     """Append the piped ``value`` to the delivery's arguments before the actor runs.
 
-    The new message's option says ``[workflow id, node, 1]``: its input is already piped.
+    The new message's ref is marked piped (``piped_ref``): a retry of it must not pipe again.
     """
     inner: Message[Any] = message._message  # pyright: ignore[reportPrivateUsage, reportUnknownMemberType, reportUnknownVariableType]
     # what ``Message.copy`` does (dramatiq leaves its ``**attributes`` untyped)
-    options = {**inner.options, OPTION: [workflow_id, node, 1]}
+    options = {**inner.options, OPTION: piped_ref(ref)}
     piped = dataclasses.replace(inner, args=(*inner.args, value), options=options)
     message._message = piped  # pyright: ignore[reportPrivateUsage]
 

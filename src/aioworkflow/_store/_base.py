@@ -6,11 +6,13 @@ client in the user's event loop. A backend (``RedisStore``, ``MemoryStore``) han
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol, final
+from typing import TYPE_CHECKING, Any, Protocol, cast, final
 
 from aioworkflow._machine import Mode
 from aioworkflow._protocol import BrokerAck
+from aioworkflow.errors import ConfigurationError
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -20,7 +22,43 @@ if TYPE_CHECKING:
     from aioworkflow._status import Event
     from aioworkflow._upload import Upload
 
-__all__ = ["AsyncStore", "BrokerAck", "Loaded", "Store", "StoreBackend"]
+__all__ = [
+    "DEFAULT_FAILED_RETENTION",
+    "DEFAULT_RETENTION",
+    "AsyncStore",
+    "BrokerAck",
+    "Loaded",
+    "Store",
+    "StoreBackend",
+    "retention_ms",
+]
+
+#: Seconds a finished workflow's keys are kept (one day).
+DEFAULT_RETENTION: float = 86_400
+#: Seconds a FAILED workflow's keys are kept (seven days): it can still be retried, and a
+#: failure found on Monday morning should still be retryable after a weekend.
+DEFAULT_FAILED_RETENTION: float = 7 * 86_400
+
+
+def retention_ms(name: str, seconds: float) -> int:
+    """A retention in seconds as whole milliseconds (at least 1).
+
+    Raises:
+        ConfigurationError: ``seconds`` is not a positive finite number (zero would delete a
+            workflow the moment it ends, before anyone saw its result; infinity or NaN cannot
+            be a key TTL).
+    """
+    value = cast("object", seconds)  # callers are not always typed: check the runtime type
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value <= 0
+    ):
+        raise ConfigurationError(
+            f"{name} must be a positive finite number of seconds, not {seconds!r}"
+        )
+    return max(1, int(seconds * 1000))
 
 
 @final
@@ -38,6 +76,8 @@ class Loaded:
     callbacks: dict[str, dict[str, Any]] = field(default_factory=dict[str, dict[str, Any]])
     #: W3C traceparent of the workflow's root span ("": not traced; see ``_observe``).
     trace: str = ""
+    #: The submission's message token ("" for a workflow stored before tokens existed).
+    token: str = ""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mode", Mode(self.mode))
@@ -51,9 +91,14 @@ class Store(Protocol):
         ...
 
     def claim(
-        self, workflow_id: str, node: int | str, message_id: str, pipe_nodes: Sequence[int]
+        self,
+        workflow_id: str,
+        node: int | str,
+        message_id: str,
+        pipe_nodes: Sequence[int],
+        token: str = "",
     ) -> Claim:
-        """Run ``claim.lua`` for a delivery about to start."""
+        """Run ``claim.lua`` for a delivery about to start (``token``: the message's)."""
         ...
 
     def complete(
@@ -63,6 +108,7 @@ class Store(Protocol):
         result: bytes | None,
         queue_keys: list[str],
         ack: BrokerAck | None = None,
+        token: str = "",
     ) -> Completion:
         """Run ``complete.lua``; ``result`` is stored when not None; ``ack`` acks the delivery."""
         ...
@@ -73,6 +119,7 @@ class Store(Protocol):
         node: int,
         info: tuple[str, str, str],
         queue_keys: list[str],
+        token: str = "",
     ) -> Completion:
         """Run ``fail.lua`` with (actor, exception type, exception message)."""
         ...
@@ -141,6 +188,8 @@ class StoreBackend(Protocol):
 
     #: Milliseconds a finished workflow's keys are kept.
     retention_ms: int
+    #: Milliseconds a FAILED workflow's keys are kept (it stays retryable meanwhile).
+    failed_retention_ms: int
     #: Largest stored result in bytes; a bigger one fails its node with ResultTooLarge.
     result_limit: int
 

@@ -28,6 +28,7 @@ from aioworkflow._machine import (
     Mode,
     Op,
     Outcome,
+    RejectReason,
     Release,
     State,
     transition,
@@ -36,7 +37,7 @@ from aioworkflow._protocol import Claim, Completion
 from aioworkflow._status import Event, EventKind
 from aioworkflow.errors import WorkflowExists
 
-from ._base import Loaded
+from ._base import DEFAULT_FAILED_RETENTION, DEFAULT_RETENTION, Loaded, retention_ms
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -70,6 +71,27 @@ class _Wf:
         return State(self.meta[MetaField.STATE])
 
 
+_CALLBACK_KEYS = frozenset(k.value for k in CallbackKind)
+
+
+def _token_ok(wf: _Wf, token: str) -> bool:
+    # as token_ok in _lib.lua: a workflow without a token accepts only messages without one
+    return wf.meta.get(MetaField.MSG_TOKEN, "") == token
+
+
+def _is_node(wf: _Wf, node: object) -> bool:
+    # as task_node in _lib.lua: an int (not a bool) 0 <= node < total
+    return type(node) is int and 0 <= node < len(wf.loaded.dag)
+
+
+def _rejected(wf: _Wf, node: object, token: str) -> Completion | None:
+    if not _token_ok(wf, token):
+        return Completion(Outcome.REJECTED, wf.state, reason=RejectReason.TOKEN)
+    if not _is_node(wf, node):
+        return Completion(Outcome.REJECTED, wf.state, reason=RejectReason.NODE)
+    return None
+
+
 @final
 class MemoryStore:
     """Workflow state in this process: no Redis needed (pair it with dramatiq's StubBroker).
@@ -77,10 +99,22 @@ class MemoryStore:
     Args:
         retention: seconds a finished workflow is kept (default one day).
         result_limit: largest stored result in bytes (default 1 MiB).
+        failed_retention: seconds a FAILED workflow is kept (default seven days): it can still
+            be retried, so it is kept longer than one that succeeded or was cancelled.
+
+    Raises:
+        ConfigurationError: a retention is not a positive finite number.
     """
 
-    def __init__(self, *, retention: float = 86_400, result_limit: int = 1 << 20) -> None:
-        self.retention_ms = int(retention * 1000)
+    def __init__(
+        self,
+        *,
+        retention: float = DEFAULT_RETENTION,
+        result_limit: int = 1 << 20,
+        failed_retention: float = DEFAULT_FAILED_RETENTION,
+    ) -> None:
+        self.retention_ms = retention_ms("retention", retention)
+        self.failed_retention_ms = retention_ms("failed_retention", failed_retention)
         self.result_limit = result_limit
         self._lock = threading.Lock()
         self._wfs: dict[str, _Wf] = {}
@@ -127,7 +161,10 @@ class MemoryStore:
         self._event(workflow_id, wf, "state", None)
         if state in FINAL_STATES:
             wf.meta[MetaField.FINISHED] = str(_now())
-            wf.expires = time.time() + self.retention_ms / 1000
+            keep = self.retention_ms
+            if state is State.FAILED:
+                keep = int(wf.meta.get(MetaField.FAILED_RETENTION_MS) or keep)
+            wf.expires = time.time() + keep / 1000
         else:
             wf.expires = None
 
@@ -171,7 +208,10 @@ class MemoryStore:
             meta = {str(k): str(v) for k, v in upload.meta.items()}
             meta[MetaField.STATE] = State.PENDING.value
             meta["id"] = workflow_id
-            loaded = Loaded(dag, Mode.READY, [], callbacks, meta.get(MetaField.TRACE, ""))
+            loaded = Loaded(
+                dag, Mode.READY, [], callbacks,
+                trace=meta.get(MetaField.TRACE, ""), token=upload.token,
+            )  # fmt: skip
             wf = _Wf(meta, loaded, list(dag.pred_counts))
             self._wfs[workflow_id] = wf
             wf.meta[MetaField.STARTED] = str(_now())
@@ -196,14 +236,21 @@ class MemoryStore:
             return None if wf is None else wf.loaded
 
     def claim(
-        self, workflow_id: str, node: int | str, message_id: str, pipe_nodes: Sequence[int]
+        self,
+        workflow_id: str,
+        node: int | str,
+        message_id: str,
+        pipe_nodes: Sequence[int],
+        token: str = "",
     ) -> Claim:
         """The twin of ``claim.lua``."""
         with self._lock:
             wf = self._get(workflow_id)
             if wf is None:
                 return Claim(ClaimCode.MISSING)
-            if isinstance(node, str):
+            if not _token_ok(wf, token):
+                return Claim(ClaimCode.REJECTED, (RejectReason.TOKEN.encode(),))
+            if node in _CALLBACK_KEYS:
                 node = CallbackKind(node)
                 wf.ready.pop(node, None)
                 prev = wf.claims.get(node)
@@ -211,6 +258,9 @@ class MemoryStore:
                     return Claim(ClaimCode.DUPLICATE)
                 wf.claims[node] = message_id
                 return Claim(ClaimCode.RUN)
+            if not all(_is_node(wf, n) for n in (node, *pipe_nodes)):
+                return Claim(ClaimCode.REJECTED, (RejectReason.NODE.encode(),))
+            assert isinstance(node, int)
             if node in wf.done:
                 wf.ready.pop(node, None)
                 return Claim(ClaimCode.DONE)
@@ -239,12 +289,16 @@ class MemoryStore:
         result: bytes | None,
         queue_keys: list[str],
         ack: BrokerAck | None = None,
+        token: str = "",
     ) -> Completion:
-        """The twin of ``complete.lua``."""
+        """The twin of ``complete.lua`` (its state is never lost: no ``Outcome.LOST``)."""
         with self._lock:
             wf = self._get(workflow_id)
             if wf is None:
                 return Completion(Outcome.MISSING, None)
+            rejected = _rejected(wf, node, token)
+            if rejected is not None:
+                return rejected
             if node in wf.done:
                 return Completion(Outcome.UNCHANGED, wf.state)
             wf.done.add(node)
@@ -267,13 +321,21 @@ class MemoryStore:
             return Completion(Outcome.APPLIED, wf.state, tuple(out))
 
     def fail(
-        self, workflow_id: str, node: int, info: tuple[str, str, str], queue_keys: list[str]
+        self,
+        workflow_id: str,
+        node: int,
+        info: tuple[str, str, str],
+        queue_keys: list[str],
+        token: str = "",
     ) -> Completion:
-        """The twin of ``fail.lua``."""
+        """The twin of ``fail.lua`` (its state is never lost: no ``Outcome.LOST``)."""
         with self._lock:
             wf = self._get(workflow_id)
             if wf is None:
                 return Completion(Outcome.MISSING, None)
+            rejected = _rejected(wf, node, token)
+            if rejected is not None:
+                return rejected
             if node in wf.done:
                 return Completion(Outcome.UNCHANGED, wf.state)
             wf.claims.pop(node, None)

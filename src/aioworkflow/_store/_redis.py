@@ -38,7 +38,7 @@ from aioworkflow.errors import (
     WorkflowExists,
 )
 
-from ._base import Loaded
+from ._base import DEFAULT_FAILED_RETENTION, DEFAULT_RETENTION, Loaded, retention_ms
 from ._scripts import SOURCES, ScriptName, explain
 from ._wire import WireScripts
 
@@ -98,8 +98,12 @@ _EV_NODE = EVENT_FIELDS["node"].encode()
 _EV_STATE = EVENT_FIELDS["state"].encode()
 #: What ``load`` reads from the meta hash.
 _LOAD_FIELDS = [
-    MetaField.MODE, MetaField.SLOTS, MetaField.TRACE, *(CALLBACK_FIELD[kind] for kind in CallbackKind)
-]  # fmt: skip
+    MetaField.MODE,
+    MetaField.SLOTS,
+    MetaField.TRACE,
+    MetaField.MSG_TOKEN,
+    *(CALLBACK_FIELD[kind] for kind in CallbackKind),
+]
 
 
 @contextlib.contextmanager
@@ -127,12 +131,18 @@ def _json(raw: bytes) -> Any:
 
 
 def _loaded(blob: bytes | None, fields: list[bytes | None]) -> Loaded | None:
-    mode, slots, trace, *cbs = fields
+    mode, slots, trace, token, *cbs = fields
     if blob is None or mode is None:
         return None
     callbacks: dict[str, Any] = {k: _json(v) for k, v in zip(CallbackKind, cbs, strict=True) if v}
-    tp = trace.decode() if trace else ""
-    return Loaded(Dag.decode(blob), mode.decode(), _json(slots or b"[]"), callbacks, tp)
+    return Loaded(
+        Dag.decode(blob),
+        mode.decode(),
+        _json(slots or b"[]"),
+        callbacks,
+        trace=trace.decode() if trace else "",
+        token=(token or b"").decode(),
+    )
 
 
 def _load_cmds(pipe: Any, workflow_id: str) -> None:
@@ -167,9 +177,15 @@ class _SyncDriver:
         return _loaded(blob, fields)
 
     def claim(
-        self, workflow_id: str, node: int | str, message_id: str, pipe_nodes: Sequence[int]
+        self,
+        workflow_id: str,
+        node: int | str,
+        message_id: str,
+        pipe_nodes: Sequence[int],
+        token: str = "",
     ) -> Claim:
-        return p.parse_claim(self._run(p.claim_call(workflow_id, node, message_id, pipe_nodes)))
+        call = p.claim_call(workflow_id, node, message_id, pipe_nodes, token)
+        return p.parse_claim(self._run(call))
 
     def complete(
         self,
@@ -178,15 +194,21 @@ class _SyncDriver:
         result: bytes | None,
         queue_keys: list[str],
         ack: BrokerAck | None = None,
+        token: str = "",
     ) -> Completion:
         now = 0 if ack is None else int(time.time() * 1000)
-        call = p.complete_call(workflow_id, node, result, queue_keys, ack, now)
+        call = p.complete_call(workflow_id, node, result, queue_keys, ack, now, token)
         return p.parse_complete(self._run(call))
 
     def fail(
-        self, workflow_id: str, node: int, info: tuple[str, str, str], queue_keys: list[str]
+        self,
+        workflow_id: str,
+        node: int,
+        info: tuple[str, str, str],
+        queue_keys: list[str],
+        token: str = "",
     ) -> Completion:
-        return p.parse_fail(self._run(p.fail_call(workflow_id, node, info, queue_keys)))
+        return p.parse_fail(self._run(p.fail_call(workflow_id, node, info, queue_keys, token)))
 
     def reconcile(
         self, workflow_id: str, age_ms: int, limit: int, queue_keys: list[str]
@@ -369,6 +391,12 @@ class RedisStore:
         cluster: connect to a Redis Cluster (with ``url``).
         retention: seconds a finished workflow's keys are kept (default one day).
         result_limit: largest stored result in bytes (default 1 MiB).
+        failed_retention: seconds a FAILED workflow's keys are kept (default seven days): it
+            can still be retried, so it is kept longer than one that succeeded or was
+            cancelled.
+
+    Raises:
+        ConfigurationError: a retention is not a positive finite number.
     """
 
     def __init__(
@@ -377,9 +405,12 @@ class RedisStore:
         *,
         client: Any = None,
         cluster: bool = False,
-        retention: float = 86_400,
+        retention: float = DEFAULT_RETENTION,
         result_limit: int = 1 << 20,
+        failed_retention: float = DEFAULT_FAILED_RETENTION,
     ) -> None:
+        self.retention_ms = retention_ms("retention", retention)
+        self.failed_retention_ms = retention_ms("failed_retention", failed_retention)
         if (url is None) == (client is None):
             raise StoreError("RedisStore needs exactly one of url= or client=")
         self.cluster = cluster or isinstance(client, redis.cluster.RedisCluster)
@@ -388,7 +419,6 @@ class RedisStore:
             factory: Any = redis.cluster.RedisCluster if self.cluster else redis.Redis
             client = factory.from_url(url)
         self.url = url
-        self.retention_ms = int(retention * 1000)
         self.result_limit = result_limit
         self._client: Any = client
         self._sync = _SyncDriver(client)

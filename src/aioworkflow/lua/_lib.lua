@@ -5,7 +5,9 @@
 --
 -- KEYS (every script receives the same 14 workflow keys, then any queue keys; _keys.py):
 --   1 meta    hash    F.*: state, format, total, succeeded, failed_count, mode (MODE),
---                     retention_ms, seq, timestamps, failure details, callbacks, audit
+--                     retention_ms, failed_retention_ms, msg_token (checked against every
+--                     delivery's token; absent before tokens), seq, timestamps, failure
+--                     details, callbacks, audit
 --   2 cnt     string  u32 big-endian per vertex: predecessors still to finish
 --   3 off     string  u32 big-endian per vertex + 1: CSR offsets into succ
 --   4 succ    string  u32 big-endian per edge: successor vertex indices
@@ -21,6 +23,10 @@
 --  14 st      stream  workflow state changes only (what waiters block on)
 --  15..      pairs    dramatiq queue list key, queue .msgs hash key, one pair per queue slot
 -- ARGV[1] is always the workflow id.
+-- No partial effects: Redis does not roll back a script that errors half-way, so every script
+-- validates its arguments (task_node, token_ok) and reads what it needs (missing_key,
+-- plan_cascade, missing_template) before its first write. A key of a live workflow found
+-- missing (evicted) applies T.lose (lose) and nothing else.
 -- All keys of a workflow share one hash tag, so each call touches one cluster slot; the
 -- dramatiq queue keys are passed (direct mode only) on standalone Redis.
 local META, CNT, OFF, SUCC, DONE, TPL, READY, HELD, RES, EV, CLAIMS, FAILED, DAG, ST =
@@ -67,7 +73,93 @@ local function load_meta(...)
         upgrade_meta()
         m = redis.call('HMGET', META, F.state, F.format, ...)
     end
-    return m[1], m[3], m[4], m[5]
+    return m[1], unpack(m, 3, 2 + select('#', ...))
+end
+
+-- A task node index as a worker sends it: the decimal digits of an integer 0 <= n < total (no
+-- sign, leading zero, fraction or exponent: "1.0", "1e6" and "-1" are not nodes). The number,
+-- or nil for anything else (a forged or corrupt delivery).
+local function task_node(node, total)
+    if type(node) ~= 'string' or #node > 10 then return nil end
+    if node ~= '0' and not string.match(node, '^[1-9]%d*$') then return nil end
+    local v, t = tonumber(node), tonumber(total)
+    if not t or v >= t then return nil end
+    return v
+end
+
+-- Whether a delivery belongs to this submission: its token (ARGV, "" for none) equals the
+-- meta's F.msg_token. A workflow stored before tokens existed has none, and neither have its
+-- messages; a message of an earlier workflow that had the same id never matches.
+local function token_ok(mtok, tok)
+    return (mtok or '') == tok
+end
+
+-- The first key (its name) of a live workflow's structure that is missing, or nil. cnt, off
+-- and dag exist from submit on when there are tasks, done once a node has succeeded; a missing
+-- one was evicted (maxmemory-policy other than noeviction) or deleted by hand.
+local function missing_key(total, succeeded)
+    local t, n = tonumber(total), tonumber(succeeded)
+    if not t then return META .. ' ' .. F.total end
+    if not n then return META .. ' ' .. F.succeeded end
+    -- the common case in one call: every key there
+    if t > 0 then
+        local present, want = 0, 4
+        if n > 0 then
+            present, want = redis.call('EXISTS', CNT, OFF, DAG, SUCC, DONE), 5
+        else
+            present = redis.call('EXISTS', CNT, OFF, DAG, SUCC)
+        end
+        if present == want then return nil end
+    end
+    if t > 0 then
+        for _, key in ipairs({CNT, OFF, DAG}) do
+            if redis.call('EXISTS', key) == 0 then return key end
+        end
+        -- off ends with the edge count: succ exists iff there are edges
+        local last = redis.call('GETRANGE', OFF, -4, -1)
+        if #last ~= 4 then return OFF end
+        if struct.unpack('>I4', last, 1) > 0 and redis.call('EXISTS', SUCC) == 0 then
+            return SUCC
+        end
+    end
+    if n > 0 and redis.call('EXISTS', DONE) == 0 then return DONE end
+    return nil
+end
+
+-- In direct mode, the first of `fields` (task nodes or CB kinds) without a stored template (a
+-- push would silently send nothing), or nil. Read before any write.
+local function missing_template(mode, fields)
+    if mode ~= MODE.DIRECT then return nil end
+    local i = 1
+    while i <= #fields do
+        local chunk = {}
+        for j = i, math.min(#fields, i + 399) do chunk[#chunk + 1] = tostring(fields[j]) end
+        local got = redis.call('HMGET', TPL, unpack(chunk))
+        for j = 1, #chunk do
+            if not got[j] then return TPL .. ' ' .. chunk[j] end
+        end
+        i = i + 400
+    end
+    return nil
+end
+
+-- A string as the inside of a JSON string literal: quote, backslash and control characters
+-- escaped (any byte >= 0x20 passes as is: ids are UTF-8). Workflow ids may contain any of
+-- them, and a message id starts with the workflow id.
+local JSON_ESC = {['"'] = '\\"', ['\\'] = '\\\\'}
+local function json_escape(s)
+    return (string.gsub(s, '[%c"\\]', function(c)
+        return JSON_ESC[c] or string.format('\\u%04x', string.byte(c))
+    end))
+end
+
+-- The prefix of the message ids this workflow's pushes get: its message token (random per
+-- submission, so ids never collide across workflows, and short: a message's size does not
+-- depend on the workflow id's length), or the workflow id for a workflow stored before tokens.
+local ID_PREFIX = nil
+local function id_prefix()
+    if ID_PREFIX == nil then ID_PREFIX = redis.call('HGET', META, F.msg_token) or WF end
+    return ID_PREFIX
 end
 
 -- Render a stored template and append it to its dramatiq queue, as RedisBroker.enqueue
@@ -76,9 +168,9 @@ local function push(field, now)
     local t = redis.call('HGET', TPL, field)
     if not t then return false end
     local slot, delay, body = string.match(t, '^(%d+):(%d+):(.*)$')
-    local id = WF .. '.' .. field .. '.' .. redis.call('HINCRBY', META, F.seq, 1)
+    local id = id_prefix() .. '.' .. field .. '.' .. redis.call('HINCRBY', META, F.seq, 1)
     local payload = string.gsub(body, '%z(%u)', {
-        I = id, T = tostring(now), E = tostring(now + tonumber(delay))})
+        I = json_escape(id), T = tostring(now), E = tostring(now + tonumber(delay))})
     local base = NKEYS + 2 * tonumber(slot)
     redis.call('HSET', KEYS[base + 2], id, payload)
     redis.call('RPUSH', KEYS[base + 1], id)
@@ -117,17 +209,25 @@ local function release(w, state, mode, now, out)
     end
 end
 
--- Count vertex v0 as finished for each of its successors; release each task node whose
--- counter reaches zero, and cascade through join vertices (which finish when they reach 0).
-local function cascade(v0, ntasks, state, mode, now, out)
+-- The read half of counting vertex v0 as finished (no writes): walk its successors, and
+-- through join vertices (which finish when their counter reaches 0), with the counters as
+-- they would be after the decrements. Returns the plan {order, dec, joins, releases} (task
+-- nodes whose counter reaches zero, in release order), or nil and the name of the key that is
+-- missing or too short (evicted state: nothing may be written).
+local function plan_cascade(v0, ntasks)
+    local p = {order = {}, dec = {}, joins = {}, releases = {}}
     local stack = {v0}
     while #stack > 0 do
         local v = table.remove(stack)
         local o = redis.call('GETRANGE', OFF, v * 4, v * 4 + 7)
+        if #o ~= 8 then return nil, OFF end
         local a = struct.unpack('>I4', o, 1)
         local b = struct.unpack('>I4', o, 5)
         local s = ''
-        if b > a then s = redis.call('GETRANGE', SUCC, a * 4, b * 4 - 1) end
+        if b > a then
+            s = redis.call('GETRANGE', SUCC, a * 4, b * 4 - 1)
+            if #s ~= (b - a) * 4 then return nil, SUCC end
+        end
         local n, i = b - a, 0
         while i < n do
             local chunk = math.min(n - i, 400)
@@ -135,33 +235,63 @@ local function cascade(v0, ntasks, state, mode, now, out)
             for j = 1, chunk do
                 local w = struct.unpack('>I4', s, (i + j - 1) * 4 + 1)
                 ws[j] = w
-                ops[#ops + 1] = 'INCRBY'
+                ops[#ops + 1] = 'GET'
                 ops[#ops + 1] = 'u32'
                 ops[#ops + 1] = '#' .. w
-                ops[#ops + 1] = -1
             end
             local counts = redis.call('BITFIELD', CNT, unpack(ops))
             for j = 1, chunk do
-                if counts[j] == 0 then
-                    local w = ws[j]
+                local w = ws[j]
+                if not p.dec[w] then
+                    p.dec[w] = 0
+                    p.order[#p.order + 1] = w
+                end
+                p.dec[w] = p.dec[w] + 1
+                local left = counts[j] - p.dec[w]
+                if left < 0 then return nil, CNT end
+                if left == 0 then
                     if w >= ntasks then
-                        redis.call('SETBIT', DONE, w, 1)
+                        p.joins[#p.joins + 1] = w
                         stack[#stack + 1] = w
                     else
-                        release(w, state, mode, now, out)
+                        p.releases[#p.releases + 1] = w
                     end
                 end
             end
             i = i + chunk
         end
     end
+    return p
+end
+
+-- The write half: apply the decrements, mark the finished joins done, release the nodes.
+local function apply_cascade(p, state, mode, now, out)
+    local i = 1
+    while i <= #p.order do
+        local ops = {}
+        for j = i, math.min(#p.order, i + 399) do
+            local w = p.order[j]
+            ops[#ops + 1] = 'INCRBY'
+            ops[#ops + 1] = 'u32'
+            ops[#ops + 1] = '#' .. w
+            ops[#ops + 1] = -p.dec[w]
+        end
+        redis.call('BITFIELD', CNT, unpack(ops))
+        i = i + 400
+    end
+    for _, w in ipairs(p.joins) do redis.call('SETBIT', DONE, w, 1) end
+    for _, w in ipairs(p.releases) do release(w, state, mode, now, out) end
 end
 
 -- Once a workflow has ended (FINAL), every key expires F.retention_ms later; re-applied after
 -- each write in a final state so that keys created late are covered too.
+-- A FAILED workflow uses F.failed_retention_ms when it has one (it stays retryable longer).
 local function settle(state)
     if FINAL[state] then
         local ret = tonumber(redis.call('HGET', META, F.retention_ms)) or 86400000
+        if state == S.FAILED then
+            ret = tonumber(redis.call('HGET', META, F.failed_retention_ms)) or ret
+        end
         for i = 1, NKEYS do redis.call('PEXPIRE', KEYS[i], ret) end
     end
 end
@@ -174,4 +304,27 @@ local function set_state(state, now)
     redis.call('HSET', META, F.state, state, F.updated, now)
     event(EVENT.STATE, -1, state)
     redis.call('XADD', ST, 'MAXLEN', '~', 100, '*', EVENT_FIELD.state, state)
+end
+
+-- T.lose: a key of this live workflow is missing (`what` names it). Nothing else is written:
+-- the workflow fails with exc type STATE_LOST (no actor), on_failure dispatched once when it
+-- can be (in direct mode its template may be gone too). Returns the state after, and the
+-- callback dispatched ("" for none).
+local function lose(state, mode, node, what)
+    local to = T.lose[state]
+    if not to then return state, '' end
+    local now = now_ms()
+    local cb = ''
+    local has_cb = redis.call('HEXISTS', META, CB_FIELD[CB.FAILURE]) == 1
+        and not missing_template(mode, {CB.FAILURE})
+    set_state(to, now)
+    redis.call('HSET', META, F.finished, now, F.failed_node, node, F.failed_actor, '',
+        F.exc_type, STATE_LOST, F.exc_message, 'workflow state lost: key ' .. what
+        .. ' is missing (evicted? the store needs maxmemory-policy noeviction)')
+    if has_cb then
+        dispatch(CB.FAILURE, mode, now, {})
+        cb = CB.FAILURE
+    end
+    settle(to)
+    return to, cb
 end

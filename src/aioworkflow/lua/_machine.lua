@@ -19,6 +19,7 @@ local T = {
     resume = {PAUSED = 'RUNNING'},
     retry = {FAILED = 'RUNNING'},
     cancel = {PENDING = 'CANCELLED', RUNNING = 'CANCELLED', PAUSED = 'CANCELLED', FAILED = 'CANCELLED'},
+    lose = {PENDING = 'FAILED', RUNNING = 'FAILED', PAUSED = 'FAILED'},
 }
 -- final states
 local FINAL = {SUCCEEDED = true, FAILED = true, CANCELLED = true}
@@ -27,13 +28,25 @@ local RELEASE = {DISPATCH = 'dispatch', HOLD = 'hold', DROP = 'drop'}
 -- release decision by state (nil: RELEASE.DROP)
 local ON_RELEASE = {RUNNING = 'dispatch', PAUSED = 'hold', FAILED = 'hold'}
 -- claim.lua codes
-local CLAIM = {RUN = 0, DONE = 1, ENDED = 2, HELD = 3, DUPLICATE = 4, UNRELEASED = 5, MISSING = -1}
+local CLAIM = {
+    RUN = 0,
+    DONE = 1,
+    ENDED = 2,
+    HELD = 3,
+    DUPLICATE = 4,
+    UNRELEASED = 5,
+    REJECTED = 6,
+    LOST = 7,
+    MISSING = -1,
+}
 -- claim answer decided by the state alone
 local CLAIM_IN_STATE = {CANCELLED = 2, SUCCEEDED = 2, PAUSED = 3, FAILED = 3}
 -- submit.lua codes
 local SUBMIT = {TAKEN = 0, CLAIMED = 1, CLAIMED_BEFORE = 2}
 -- reply outcomes
-local OUT = {APPLIED = 1, UNCHANGED = 0, MISSING = -1}
+local OUT = {APPLIED = 1, UNCHANGED = 0, MISSING = -1, REJECTED = -2, LOST = -3}
+-- rejection reasons
+local REJECT = {TOKEN = 'wrong_token', NODE = 'bad_node', ARGS = 'bad_args'}
 -- callback kinds (wire)
 local CB = {SUCCESS = 's', FAILURE = 'f'}
 -- is this node key a callback?
@@ -51,12 +64,14 @@ local F = {
     state = 'state',
     format = 'format',
     token = 'token',
+    msg_token = 'mtok',
     total = 'total',
     succeeded = 'succeeded',
     failed_count = 'failed_count',
     seq = 'seq',
     mode = 'mode',
     retention_ms = 'retention_ms',
+    failed_retention_ms = 'failed_retention_ms',
     roots_released = 'roots_released',
     slots = 'slots',
     audit = 'audit',
@@ -74,6 +89,9 @@ local F = {
 }
 -- the stored format this version writes
 local FORMAT = 2
+-- exception type of a workflow failed by T.lose; hex digits of a message token
+local STATE_LOST = 'StateLost'
+local MSG_TOKEN_CHARS = 16
 -- 0.1.0 names of renamed meta fields {old, new}, and fields no longer written
 local LEGACY = {
     {'ok', 'succeeded'},

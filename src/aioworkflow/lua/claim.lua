@@ -1,18 +1,25 @@
 -- claim.lua: a worker is about to run a node's message; decide whether it may.
 -- KEYS: the 14 workflow keys (see _lib.lua)
--- ARGV: workflow id, node index (or a CB kind for a callback), message id,
---       then the nodes whose stored results the node's piped input needs
+-- ARGV: workflow id, node index (or a CB kind for a callback), message id, message token
+--       ("" for a message without one), then the nodes whose stored results the node's piped
+--       input needs
 -- Reply: {code, results...} with a CLAIM code (_machine.ClaimCode):
 --   CLAIM.RUN: run it (results follow, in ARGV order, nil where missing)
 --   CLAIM.DONE: the node already completed        CLAIM.ENDED: workflow cancelled/succeeded
 --   CLAIM.HELD: workflow paused or failed: the node is held for resume/retry, skip this copy
 --   CLAIM.DUPLICATE: another delivery of this node is in flight
 --   CLAIM.UNRELEASED: predecessors unfinished: a stray copy     CLAIM.MISSING: no workflow
+--   {CLAIM.REJECTED, why}: not a delivery of this submission (REJECT.TOKEN: wrong token;
+--     REJECT.NODE: not a node index 0 <= n < total); nothing written
+--   {CLAIM.LOST, key}: a key of the live workflow is missing (evicted): nothing written; the
+--     worker then runs fail.lua for the node, which applies T.lose
 -- The state alone decides ENDED and HELD (CLAIM_IN_STATE). A redelivery of the same message
--- (same id: worker crash, dramatiq retry) may run again.
-local state = load_meta()
+-- (same id: worker crash, dramatiq retry) may run again. Everything is read and checked before
+-- the first write.
+local state, total, mtok, succeeded = load_meta(F.total, F.msg_token, F.succeeded)
 if not state then return {CLAIM.MISSING} end
-local node, mid = ARGV[2], ARGV[3]
+local node, mid, tok = ARGV[2], ARGV[3], ARGV[4]
+if not token_ok(mtok, tok) then return {CLAIM.REJECTED, REJECT.TOKEN} end
 if IS_CB[node] then
     redis.call('ZREM', READY, node)
     local prev = redis.call('HGET', CLAIMS, node)
@@ -21,7 +28,12 @@ if IS_CB[node] then
     settle(state)
     return {CLAIM.RUN}
 end
-if redis.call('GETBIT', DONE, tonumber(node)) == 1 then
+local v = task_node(node, total)
+if not v then return {CLAIM.REJECTED, REJECT.NODE} end
+for i = 5, #ARGV do
+    if not task_node(ARGV[i], total) then return {CLAIM.REJECTED, REJECT.NODE} end
+end
+if redis.call('GETBIT', DONE, v) == 1 then
     redis.call('ZREM', READY, node)
     return {CLAIM.DONE}
 end
@@ -29,6 +41,12 @@ local decided = CLAIM_IN_STATE[state]
 if decided == CLAIM.ENDED then
     redis.call('ZREM', READY, node)
     return {decided}
+end
+if state ~= S.PENDING then
+    local missing = missing_key(total, succeeded)
+    -- claim has no queue keys to dispatch on_failure with: the worker runs fail.lua for this
+    -- node, which finds the same key missing and applies T.lose
+    if missing then return {CLAIM.LOST, missing} end
 end
 if decided == CLAIM.HELD then
     redis.call('ZREM', READY, node)
@@ -44,8 +62,8 @@ local prev = redis.call('HGET', CLAIMS, node)
 if prev and prev ~= mid then return {CLAIM.DUPLICATE} end
 redis.call('HSET', CLAIMS, node, mid)
 redis.call('ZREM', READY, node)
-if #ARGV > 3 then
-    local reply = redis.call('HMGET', RES, unpack(ARGV, 4))
+if #ARGV > 4 then
+    local reply = redis.call('HMGET', RES, unpack(ARGV, 5))
     table.insert(reply, 1, CLAIM.RUN)
     return reply
 end

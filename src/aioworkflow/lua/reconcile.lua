@@ -7,14 +7,29 @@
 -- ARGV: workflow id, age in ms, max entries
 -- Reply: {outcome, state, remaining ready entries, entries to enqueue...}
 --   outcome OUT.APPLIED: ok; OUT.MISSING: no such workflow (the caller drops it from the
---   active index)
-local state, mode = load_meta(F.mode)
+--   active index); {OUT.LOST, state, 0, key, callback?}: a key or a template to push is
+--   missing (direct mode): T.lose applied, nothing else written
+local age, limit = tonumber(ARGV[2]), tonumber(ARGV[3])
+if not age or not limit then return redis.error_reply('ERR reconcile.lua: bad age or limit') end
+local state, mode, total, succeeded = load_meta(F.mode, F.total, F.succeeded)
 if not state then return {OUT.MISSING, '', 0} end
 local now = now_ms()
-local stale = redis.call('ZRANGEBYSCORE', READY, '-inf', now - tonumber(ARGV[2]),
-    'LIMIT', 0, tonumber(ARGV[3]))
+local stale = redis.call('ZRANGEBYSCORE', READY, '-inf', now - age, 'LIMIT', 0, limit)
 local out = {OUT.APPLIED, state, 0}
 local decision = ON_RELEASE[state]
+-- read and check before writing: in direct mode the nodes to push need their templates
+if decision == RELEASE.DISPATCH and mode == MODE.DIRECT and #stale > 0 then
+    local nodes = {}
+    for _, f in ipairs(stale) do
+        local v = task_node(f, total)
+        if v and redis.call('GETBIT', DONE, v) == 0 then nodes[#nodes + 1] = v end
+    end
+    local missing = missing_key(total, succeeded) or missing_template(mode, nodes)
+    if missing then
+        local after, cb = lose(state, mode, '', missing)
+        return {OUT.LOST, after, 0, missing, cb}
+    end
+end
 for _, f in ipairs(stale) do
     if IS_CB[f] then
         redis.call('ZADD', READY, now, f)

@@ -10,6 +10,16 @@
 --   released on "more"); OUT.MISSING: no workflow
 local state, mode, total, roots_released = load_meta(F.mode, F.total, F.roots_released)
 if not state then return {OUT.MISSING, ''} end
+-- validate every argument before the first write
+if (ARGV[2] ~= 'first' and ARGV[2] ~= 'more') or not task_node(ARGV[3], 4294967296)
+    or not tonumber(total) then
+    return redis.error_reply('ERR start.lua: bad phase, offset or stored total')
+end
+for i = 4, #ARGV do
+    if not task_node(ARGV[i], total) then
+        return redis.error_reply('ERR start.lua: ' .. ARGV[i] .. ' is not a root node index')
+    end
+end
 local now = now_ms()
 local out = {OUT.APPLIED, state}
 if ARGV[2] == 'first' then

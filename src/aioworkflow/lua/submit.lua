@@ -5,6 +5,10 @@
 -- ARGV: workflow id, submission token, retention in ms
 -- Reply: {SUBMIT.CLAIMED} claimed now; {SUBMIT.CLAIMED_BEFORE, state} claimed earlier by this
 --   submission; {SUBMIT.TAKEN} the id is taken
+local ttl = tonumber(ARGV[3])
+if ARGV[2] == '' or not ttl or ttl < 1 or ttl ~= math.floor(ttl) then
+    return redis.error_reply('ERR submit.lua: bad token or retention')
+end
 local state = load_meta()
 if redis.call('HGET', META, F.token) == ARGV[2] then
     return {SUBMIT.CLAIMED_BEFORE, state}
