@@ -53,7 +53,7 @@ from ._dramatiq import AckShortcut, failure_of
 from ._nodes import NodeOps
 from ._plan import OPTION
 from ._reconciler import Reconciler
-from .errors import StoreConnectionError
+from .errors import ConfigurationError, StoreUnavailable
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -73,18 +73,34 @@ class _StoreUnavailable(MiddlewareError, BrokerConnectionError):
 
     def __init__(self, message: str) -> None:
         Exception.__init__(self, message)
+        self.message = message  # dramatiq's DramatiqError.__str__ reads it
 
 
 class _ClaimFailed(MiddlewareError):
     """Raised from before_process_message so that the attempt fails instead of running."""
 
 
+class _NotRecorded(MiddlewareError):
+    """Raised from before_ack/before_nack for a non-transient error (a bug): dramatiq logs
+    it and leaves the delivery unacked (redelivered once the worker restarts), instead of
+    swallowing it and acking a delivery whose outcome was not recorded."""
+
+
+class _Refused(ConfigurationError, MiddlewareError):
+    """A ``ConfigurationError`` at worker boot that dramatiq lets through (it swallows the
+    errors of before-hooks that are not ``MiddlewareError``s): the worker does not start."""
+
+
 def _unavailable(call: Callable[[], None]) -> None:
-    """Run a node operation for dramatiq's post-processing: a lost store blocks the ack."""
+    """Run a node operation for dramatiq's post-processing: a sick store blocks the ack."""
     try:
         call()
-    except StoreConnectionError as exc:
+    except StoreUnavailable as exc:  # dramatiq retries the hook every second, no ack
         raise _StoreUnavailable(str(exc)) from exc
+    except MiddlewareError:
+        raise
+    except Exception as exc:
+        raise _NotRecorded(f"outcome not recorded, delivery left unacked: {exc!r}") from exc
 
 
 @final
@@ -97,8 +113,11 @@ class WorkflowMiddleware(dramatiq.Middleware):
             (0 disables the reconciler).
         reconcile_age: seconds a released node may stay unclaimed before it is re-enqueued.
         cache_size: decoded DAGs kept per process.
-        store_attempts: tries of a completion call on connection errors before handing the
-            retry over to dramatiq's post-processing loop.
+        store_attempts: tries of a completion call on transient store errors (lost
+            connection, OOM, BUSY, READONLY...) before handing the retry over to dramatiq's
+            post-processing loop (which does not ack until the completion is recorded).
+        claim_patience: seconds a claim retries transient store errors before it fails the
+            attempt (default five minutes; see ``_nodes.NodeOps.claim`` for why so long).
     """
 
     def __init__(
@@ -109,11 +128,12 @@ class WorkflowMiddleware(dramatiq.Middleware):
         reconcile_age: float = 30.0,
         cache_size: int = 256,
         store_attempts: int = 5,
+        claim_patience: float = 300.0,
     ) -> None:
         self.store = store
         self._acks = AckShortcut()
         contexts = ContextCache(store, cache_size, self._acks)
-        self._nodes = NodeOps(store, contexts, store_attempts)
+        self._nodes = NodeOps(store, contexts, store_attempts, claim_patience)
         self._reconciler = Reconciler(
             store, contexts, reconcile_interval, int(reconcile_age * 1000)
         )
@@ -192,9 +212,13 @@ class WorkflowMiddleware(dramatiq.Middleware):
         if exception is None and isinstance(ref[1], int):
             try:
                 self._nodes.complete(broker, ref[0], ref[1], result, message)
-            except StoreConnectionError:
+            except Exception as exc:  # dramatiq would log and drop it: before_ack retries
                 logger.warning(
-                    "Completion of workflow %s node %s deferred to ack time.", ref[0], ref[1]
+                    "Completion of workflow %s node %s deferred to ack time: %r",
+                    ref[0],
+                    ref[1],
+                    exc,
+                    exc_info=not isinstance(exc, StoreUnavailable),
                 )
             else:
                 self._settled()
@@ -233,7 +257,16 @@ class WorkflowMiddleware(dramatiq.Middleware):
         self._settled()
 
     def before_worker_boot(self, broker: dramatiq.Broker, worker: Worker) -> None:
-        """On a RedisBroker of the store's Redis, let ``complete.lua`` ack successes."""
+        """Refuse an evicting Redis; on a RedisBroker of the store's Redis, let
+        ``complete.lua`` ack successes."""
+        check: Callable[[], None] | None = getattr(self.store, "check_eviction", None)
+        if check is not None:
+            try:
+                check()
+            except ConfigurationError as exc:
+                raise _Refused(str(exc)) from exc
+            except StoreUnavailable as exc:
+                logger.warning("Could not read Redis's maxmemory-policy at boot: %s", exc)
         self._acks.install(self.store, broker)
 
     def after_worker_boot(self, broker: dramatiq.Broker, worker: Worker) -> None:
