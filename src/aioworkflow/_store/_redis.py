@@ -117,8 +117,9 @@ def map_exceptions(script: ScriptName | None = None) -> Generator[None]:
     """
     try:
         yield
+    except redis.exceptions.BusyLoadingError as exc:  # -LOADING (a redis-py ConnectionError)
+        raise reply_error("LOADING", f"LOADING {exc}") from exc
     except (redis.ConnectionError, redis.TimeoutError) as exc:
-        # also LOADING (BusyLoadingError) and MASTERDOWN on a cluster (MasterDownError)
         raise StoreConnectionError(str(exc)) from exc
     except redis.ResponseError as exc:
         code, message = _reply_code(exc)
