@@ -4,10 +4,11 @@ Where the hooks sit in dramatiq's message life cycle (dramatiq 2.2.1), and why:
 
 * ``before_process_message``: claim the node. Skips deliveries of completed nodes, of
   cancelled workflows and duplicates in flight; holds deliveries of paused/failed workflows;
-  injects the piped input. A claim is idempotent for a message id, so connection errors are
-  retried here first (as for completions: a failed attempt goes through dramatiq's Retries,
-  whose re-enqueue on a failing RedisBroker may be lost). A store error that persists fails
-  the attempt, so dramatiq retries it (it is raised as a MiddlewareError: dramatiq logs any
+  injects the piped input. A claim is idempotent for a message id, so transient store errors
+  (``StoreUnavailable``: lost connections, OOM, BUSY, READONLY...) are retried here for up to
+  ``claim_patience`` (a failed attempt goes through dramatiq's Retries, whose re-enqueue on a
+  failing RedisBroker may be lost). A store error that persists fails the attempt, so
+  dramatiq retries it (it is raised as a MiddlewareError: dramatiq logs any
   other error of a before-hook and runs the actor anyway, unclaimed).
 * ``after_process_message``: a success is final as soon as the actor returned, so
   ``complete.lua`` runs right here. On a RedisBroker of the store's own Redis the same script
@@ -19,10 +20,12 @@ Where the hooks sit in dramatiq's message life cycle (dramatiq 2.2.1), and why:
 * ``before_ack`` / ``before_nack``: dramatiq's final word. ``before_ack`` completes a success
   that could not be counted earlier because Redis was unreachable; ``before_nack`` (retries
   exhausted, ``throws``, age limit) runs ``fail.lua``. Both run before the broker
-  acknowledges. If the store is unreachable the hook raises an error that dramatiq treats as a
-  broker connection error: it retries the post-processing every second and does NOT ack, so a
-  completion is never lost, and a crash meanwhile leaves the message unacked for redelivery
-  (the done bit makes the retry harmless).
+  acknowledges. If the store is unavailable (any ``StoreUnavailable``) the hook raises an
+  error that dramatiq treats as a broker connection error: it retries the post-processing
+  every second and does NOT ack, so a completion is never lost, and a crash meanwhile leaves
+  the message unacked for redelivery (the done bit makes the retry harmless). Any other error
+  (a bug) is raised as a ``MiddlewareError``: dramatiq logs it and leaves the delivery unacked
+  until the worker restarts, rather than swallowing it and acking.
 
 Threads. dramatiq 2.2.1 runs the post-processing (``before_ack``/``before_nack``, then the
 consumer's ``ack``/``nack``) on the *worker* thread: ``WorkerThread.process_message`` calls
