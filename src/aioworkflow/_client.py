@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import threading
 import time
 import uuid
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, final
 
 import anyio
 import anyio.from_thread
+import anyio.lowlevel
 import anyio.to_thread
 import dramatiq
 
@@ -36,7 +38,7 @@ from ._upload import message_fields
 from .errors import (
     ConfigurationError,
     MessageTooLarge,
-    StoreConnectionError,
+    StoreUnavailable,
     WorkflowCancelled,
     WorkflowFailed,
     WorkflowNotFound,
@@ -99,6 +101,35 @@ def _resolve(
             "no workflow store: add WorkflowMiddleware(store) to the broker, or pass store="
         )
     return broker, store
+
+
+#: Seconds a client call keeps retrying transient store errors (a lost connection, a full,
+#: busy or failing-over Redis) before raising them; ``wait()`` retries until its timeout.
+PATIENCE = 60.0
+_FIRST_PAUSE, _MAX_PAUSE = 0.05, 2.0
+
+
+async def _check_store(store: StoreBackend) -> None:
+    """Refuse an evicting Redis at the first call (the store caches a passed check)."""
+    check: Callable[[], Awaitable[None]] | None = getattr(store, "acheck_eviction", None)
+    if check is not None:
+        await check()
+
+
+async def _patiently(store: StoreBackend, call: Callable[[], Awaitable[T]]) -> T:
+    """``call()``, retried with capped back-off on transient store errors for ``PATIENCE``
+    seconds: every call wrapped here reads, or is idempotent for the caller."""
+    deadline = time.monotonic() + PATIENCE
+    pause = _FIRST_PAUSE
+    while True:
+        try:
+            await _check_store(store)
+            return await call()
+        except StoreUnavailable:
+            if time.monotonic() + pause > deadline:
+                raise
+            await anyio.sleep(pause)
+            pause = min(pause * 2, _MAX_PAUSE)
 
 
 @final
@@ -171,9 +202,12 @@ class Workflow:
             GraphError: the canvas does not compile (nothing is stored).
             MessageTooLarge: a node's arguments exceed ``max_message_bytes``.
             WorkflowExists: ``id`` is taken (nothing is changed).
-            StoreError: the store failed. Connection errors are retried first (6 attempts
-                over about 3 s); the attempts of one call are idempotent, so a retried
-                submission never starts a node twice.
+            ConfigurationError: the store's Redis evicts keys (``maxmemory-policy``; see
+                ``RedisStore(allow_eviction=...)``).
+            StoreError: the store failed. Transient errors (``StoreUnavailable``: connection
+                errors, OOM, BUSY, READONLY...) are retried first, for about a minute; the
+                attempts of one call are idempotent, so a retried submission never starts a
+                node twice.
         """
         _require_event_loop("Workflow.run()", "Workflow.run_sync()")
         return self._run(broker, store)
@@ -182,6 +216,7 @@ class Workflow:
         self, broker: dramatiq.Broker | None, store: StoreBackend | None
     ) -> WorkflowHandle:
         broker, store = _resolve(broker, store)
+        await _patiently(store, anyio.lowlevel.checkpoint)  # the eviction check, retried
         workflow_id = self.id or uuid.uuid4().hex
         trace = current_traceparent()  # observability: the root of the workflow's trace
 
@@ -258,7 +293,7 @@ class WorkflowHandle:
 
     async def _loaded(self) -> tuple[Loaded, Route]:
         if self._cache is None:
-            loaded = await self.store.aio().load(self.id)
+            loaded = await _patiently(self.store, lambda: self.store.aio().load(self.id))
             if loaded is None:
                 raise WorkflowNotFound(self.id)
             self._cache = (loaded, route_for(self.broker, self.id, loaded))
@@ -269,7 +304,11 @@ class WorkflowHandle:
 
         Raises:
             WorkflowNotFound: no such workflow (never created, or expired).
+            StoreUnavailable: the store stayed unavailable for ``PATIENCE`` seconds.
         """
+        return await _patiently(self.store, self._status)
+
+    async def _status(self) -> WorkflowStatus:
         found = await self.store.aio().meta(self.id)
         if found is None:
             raise WorkflowNotFound(self.id)
@@ -282,28 +321,34 @@ class WorkflowHandle:
             WorkflowTimeout: ``timeout`` seconds passed first.
             WorkflowNotFound: no such workflow.
         """
-        aio = self.store.aio()
         deadline = None if timeout is None else time.monotonic() + timeout
-        last = await aio.last_event_id(self.id, states_only=True)
-        status = await self.status()
-        pause = 0.05
-        while not status.done:
+        last: str | None = None
+        status: WorkflowStatus | None = None
+        pause = _FIRST_PAUSE
+        while True:
             remaining = 5.0 if deadline is None else min(5.0, deadline - time.monotonic())
             if remaining <= 0:
-                raise WorkflowTimeout(f"workflow {self.id} still {status.state} after {timeout} s")
-            block_ms = max(1, int(remaining * 1000))
+                state = "unknown" if status is None else status.state
+                raise WorkflowTimeout(f"workflow {self.id} still {state} after {timeout} s")
             try:
-                events = await aio.events(self.id, last, block_ms=block_ms, states_only=True)
-                if events:
-                    last = events[-1].id
-                status = await self.status()
-                pause = 0.05
-            except StoreConnectionError:
-                # A dropped connection or a Redis restart is not the workflow's outcome: keep
-                # waiting (reconnecting with back-off) until the deadline says otherwise.
+                await _check_store(self.store)
+                aio = self.store.aio()
+                if last is None:  # the stream position before the state is read
+                    last = await aio.last_event_id(self.id, states_only=True)
+                elif status is not None:
+                    block_ms = max(1, int(remaining * 1000))
+                    events = await aio.events(self.id, last, block_ms=block_ms, states_only=True)
+                    if events:
+                        last = events[-1].id
+                status = await self._status()
+                if status.done:
+                    return status
+                pause = _FIRST_PAUSE
+            except StoreUnavailable:
+                # A dropped connection, a restart, a full, busy or failing-over Redis is not
+                # the workflow's outcome: keep waiting (with back-off) until the deadline.
                 await anyio.sleep(min(pause, max(0.0, remaining)))
-                pause = min(pause * 2, 2.0)
-        return status
+                pause = min(pause * 2, _MAX_PAUSE)
 
     async def result(self, timeout: float | None = None) -> Any:  # noqa: ASYNC109 - public API
         """Wait for the workflow and return its result (see ``Chain(pipe=True)``).
@@ -326,7 +371,7 @@ class WorkflowHandle:
             raise WorkflowCancelled(self.id)
         loaded, _ = await self._loaded()
         nodes = spec_nodes(loaded.dag.result)
-        blobs = await self.store.aio().results(self.id, nodes)
+        blobs = await _patiently(self.store, lambda: self.store.aio().results(self.id, nodes))
         values = {
             n: None if b is None else _codec.unpack(b) for n, b in zip(nodes, blobs, strict=True)
         }
@@ -334,22 +379,30 @@ class WorkflowHandle:
 
     async def events(self, *, follow: bool = True) -> AsyncIterator[Event]:
         """Node and workflow events in order, from the start; with ``follow``, until it ends."""
-        aio = self.store.aio()
         last = "0"
         while True:
-            batch = await aio.events(self.id, last, block_ms=1000 if follow else None)
+            read = functools.partial(self._events, last, 1000 if follow else None)
+            batch = await _patiently(self.store, read)
             for event in batch:
                 last = event.id
                 yield event
             if not batch and (not follow or (await self.status()).done):
                 with contextlib.suppress(WorkflowNotFound):
-                    for event in await aio.events(self.id, last, block_ms=None):
+                    rest = await _patiently(self.store, functools.partial(self._events, last, None))
+                    for event in rest:
                         yield event
                 return
 
+    async def _events(self, after: str, block_ms: int | None) -> list[Event]:
+        return await self.store.aio().events(self.id, after, block_ms)
+
     async def _control(self, op: str) -> Transition:
         _, route = await self._loaded()
-        done = await self.store.aio().control(op, self.id, route.queue_keys)
+        # a control script that got an error reply did nothing; one whose reply was lost
+        # applied, and its retry says "not changed" (its releases are in the ready set)
+        done = await _patiently(
+            self.store, lambda: self.store.aio().control(op, self.id, route.queue_keys)
+        )
         if done.status == -1 or done.state is None:
             raise WorkflowNotFound(self.id)
         await route.send_async(done.released)

@@ -4,10 +4,11 @@ Where the hooks sit in dramatiq's message life cycle (dramatiq 2.2.1), and why:
 
 * ``before_process_message``: claim the node. Skips deliveries of completed nodes, of
   cancelled workflows and duplicates in flight; holds deliveries of paused/failed workflows;
-  injects the piped input. A claim is idempotent for a message id, so connection errors are
-  retried here first (as for completions: a failed attempt goes through dramatiq's Retries,
-  whose re-enqueue on a failing RedisBroker may be lost). A store error that persists fails
-  the attempt, so dramatiq retries it (it is raised as a MiddlewareError: dramatiq logs any
+  injects the piped input. A claim is idempotent for a message id, so transient store errors
+  (``StoreUnavailable``: lost connections, OOM, BUSY, READONLY...) are retried here for up to
+  ``claim_patience`` (a failed attempt goes through dramatiq's Retries, whose re-enqueue on a
+  failing RedisBroker may be lost). A store error that persists fails the attempt, so
+  dramatiq retries it (it is raised as a MiddlewareError: dramatiq logs any
   other error of a before-hook and runs the actor anyway, unclaimed).
 * ``after_process_message``: a success is final as soon as the actor returned, so
   ``complete.lua`` runs right here. On a RedisBroker of the store's own Redis the same script
@@ -19,10 +20,12 @@ Where the hooks sit in dramatiq's message life cycle (dramatiq 2.2.1), and why:
 * ``before_ack`` / ``before_nack``: dramatiq's final word. ``before_ack`` completes a success
   that could not be counted earlier because Redis was unreachable; ``before_nack`` (retries
   exhausted, ``throws``, age limit) runs ``fail.lua``. Both run before the broker
-  acknowledges. If the store is unreachable the hook raises an error that dramatiq treats as a
-  broker connection error: it retries the post-processing every second and does NOT ack, so a
-  completion is never lost, and a crash meanwhile leaves the message unacked for redelivery
-  (the done bit makes the retry harmless).
+  acknowledges. If the store is unavailable (any ``StoreUnavailable``) the hook raises an
+  error that dramatiq treats as a broker connection error: it retries the post-processing
+  every second and does NOT ack, so a completion is never lost, and a crash meanwhile leaves
+  the message unacked for redelivery (the done bit makes the retry harmless). Any other error
+  (a bug) is raised as a ``MiddlewareError``: dramatiq logs it and leaves the delivery unacked
+  until the worker restarts, rather than swallowing it and acking.
 
 Threads. dramatiq 2.2.1 runs the post-processing (``before_ack``/``before_nack``, then the
 consumer's ``ack``/``nack``) on the *worker* thread: ``WorkerThread.process_message`` calls
@@ -54,7 +57,7 @@ from ._nodes import NodeOps
 from ._plan import OPTION
 from ._reconciler import Reconciler
 from ._upload import ref_token
-from .errors import ConfigurationError, StoreConnectionError
+from .errors import ConfigurationError, StoreUnavailable
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -74,18 +77,34 @@ class _StoreUnavailable(MiddlewareError, BrokerConnectionError):
 
     def __init__(self, message: str) -> None:
         Exception.__init__(self, message)
+        self.message = message  # dramatiq's DramatiqError.__str__ reads it
 
 
 class _ClaimFailed(MiddlewareError):
     """Raised from before_process_message so that the attempt fails instead of running."""
 
 
+class _NotRecorded(MiddlewareError):
+    """Raised from before_ack/before_nack for a non-transient error (a bug): dramatiq logs
+    it and leaves the delivery unacked (redelivered once the worker restarts), instead of
+    swallowing it and acking a delivery whose outcome was not recorded."""
+
+
+class _Refused(ConfigurationError, MiddlewareError):
+    """A ``ConfigurationError`` at worker boot that dramatiq lets through (it swallows the
+    errors of before-hooks that are not ``MiddlewareError``s): the worker does not start."""
+
+
 def _unavailable(call: Callable[[], None]) -> None:
-    """Run a node operation for dramatiq's post-processing: a lost store blocks the ack."""
+    """Run a node operation for dramatiq's post-processing: a sick store blocks the ack."""
     try:
         call()
-    except StoreConnectionError as exc:
+    except StoreUnavailable as exc:  # dramatiq retries the hook every second, no ack
         raise _StoreUnavailable(str(exc)) from exc
+    except MiddlewareError:
+        raise
+    except Exception as exc:
+        raise _NotRecorded(f"outcome not recorded, delivery left unacked: {exc!r}") from exc
 
 
 #: What every store has (``StoreBackend``'s members); checked at construction so that a
@@ -118,8 +137,11 @@ class WorkflowMiddleware(dramatiq.Middleware):
             (0 disables the reconciler).
         reconcile_age: seconds a released node may stay unclaimed before it is re-enqueued.
         cache_size: decoded DAGs kept per process.
-        store_attempts: tries of a completion call on connection errors before handing the
-            retry over to dramatiq's post-processing loop.
+        store_attempts: tries of a completion call on transient store errors (lost
+            connection, OOM, BUSY, READONLY...) before handing the retry over to dramatiq's
+            post-processing loop (which does not ack until the completion is recorded).
+        claim_patience: seconds a claim retries transient store errors before it fails the
+            attempt (default five minutes; see ``_nodes.NodeOps.claim`` for why so long).
     """
 
     def __init__(
@@ -130,12 +152,13 @@ class WorkflowMiddleware(dramatiq.Middleware):
         reconcile_age: float = 30.0,
         cache_size: int = 256,
         store_attempts: int = 5,
+        claim_patience: float = 300.0,
     ) -> None:
         _check_store(store)
         self.store = store
         self._acks = AckShortcut()
         contexts = ContextCache(store, cache_size, self._acks)
-        self._nodes = NodeOps(store, contexts, store_attempts)
+        self._nodes = NodeOps(store, contexts, store_attempts, claim_patience)
         self._reconciler = Reconciler(
             store, contexts, reconcile_interval, int(reconcile_age * 1000)
         )
@@ -215,9 +238,13 @@ class WorkflowMiddleware(dramatiq.Middleware):
         if exception is None and isinstance(ref[1], int):
             try:
                 self._nodes.complete(broker, ref[0], ref[1], result, message, ref_token(ref))
-            except StoreConnectionError:
+            except Exception as exc:  # dramatiq would log and drop it: before_ack retries
                 logger.warning(
-                    "Completion of workflow %s node %s deferred to ack time.", ref[0], ref[1]
+                    "Completion of workflow %s node %s deferred to ack time: %r",
+                    ref[0],
+                    ref[1],
+                    exc,
+                    exc_info=not isinstance(exc, StoreUnavailable),
                 )
             else:
                 self._settled()
@@ -265,11 +292,20 @@ class WorkflowMiddleware(dramatiq.Middleware):
         self._settled()
 
     def before_worker_boot(self, broker: dramatiq.Broker, worker: Worker) -> None:
-        """On a RedisBroker of the store's Redis, let ``complete.lua`` ack successes.
+        """Refuse an evicting Redis; on a RedisBroker of the store's Redis, let
+        ``complete.lua`` ack successes.
 
         Also logs, once, why workflows fall back to ready mode if dramatiq's encoder is not
         one the scripts can write (see ``direct_mode``).
         """
+        check: Callable[[], None] | None = getattr(self.store, "check_eviction", None)
+        if check is not None:
+            try:
+                check()
+            except ConfigurationError as exc:
+                raise _Refused(str(exc)) from exc
+            except StoreUnavailable as exc:
+                logger.warning("Could not read Redis's maxmemory-policy at boot: %s", exc)
         self._acks.install(self.store, broker)
         direct_mode(self.store, broker)
 

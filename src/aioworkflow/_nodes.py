@@ -1,9 +1,12 @@
 """What a worker does for one node: claim it before it runs, complete or fail it after.
 
-Each operation is one store call (retried on connection errors, since every call is idempotent
-for its delivery) plus whatever the workflow's route does with the nodes it released. Store
-connection errors that outlast the retries are raised as ``StoreConnectionError``; the
-middleware decides what dramatiq should make of them.
+Each operation is one store call plus whatever the workflow's route does with the nodes it
+released. Every store call is idempotent for its delivery, so transient store errors
+(``StoreUnavailable``: a lost connection, and error replies of a server that is up but
+refuses for a while: OOM, BUSY, READONLY...) are retried here with capped back-off.
+Completions and failures try ``attempts`` times, then raise the ``StoreUnavailable``: the
+middleware hands the call to dramatiq's post-processing, which keeps retrying it and does not
+ack meanwhile. Claims are retried for ``claim_patience`` seconds (see ``claim``).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from ._machine import Outcome, RejectReason
 from ._observe import Observer
 from ._plan import ClaimCode
 from ._upload import parse_ref
-from .errors import ResultTooLarge, StoreConnectionError
+from .errors import ResultTooLarge, StoreUnavailable
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -37,6 +40,9 @@ __all__ = ["NodeOps"]
 
 logger = logging.getLogger("aioworkflow")
 T = TypeVar("T")
+#: First and longest pause (seconds) between tries of a store call.
+FIRST_BACKOFF = 0.05
+MAX_BACKOFF = 1.0
 
 
 def _build(spec: ResultSpec, values: dict[int, Any]) -> Any:
@@ -103,41 +109,55 @@ class NodeOps:
     Args:
         store: where workflow state lives.
         contexts: the process's cache of loaded workflows and their routes.
-        attempts: tries of a store call on connection errors.
+        attempts: tries of a completion or failure call on transient store errors.
+        claim_patience: seconds a claim keeps retrying transient store errors.
     """
 
-    def __init__(self, store: StoreBackend, contexts: ContextCache, attempts: int) -> None:
+    def __init__(
+        self,
+        store: StoreBackend,
+        contexts: ContextCache,
+        attempts: int,
+        claim_patience: float = 300.0,
+    ) -> None:
         self.store = store
         self.contexts = contexts
         self.attempts = attempts
+        self.claim_patience = claim_patience
         self.observe = Observer()  # metrics and tracing hooks (no-ops unless enabled)
 
     def context(
-        self, broker: dramatiq.Broker, workflow_id: str, token: str
+        self, broker: dramatiq.Broker, workflow_id: str, token: str, patience: float | None = None
     ) -> WorkflowContext | None:
         """The loaded workflow, reloaded when the cached one is another submission's.
 
         An id can be reused once its workflow expired: a process that cached the old one must
         not serve the new one's deliveries with the old DAG (or enqueue with the old token).
         """
-        ctx = self.retrying(lambda: self.contexts.get(broker, workflow_id))
+        ctx = self.retrying(lambda: self.contexts.get(broker, workflow_id), patience)
         if ctx is not None and ctx.loaded.token != token:
             self.contexts.forget(workflow_id)
-            ctx = self.retrying(lambda: self.contexts.get(broker, workflow_id))
+            ctx = self.retrying(lambda: self.contexts.get(broker, workflow_id), patience)
         return ctx
 
-    def retrying(self, call: Callable[[], T]) -> T:
-        """Run ``call``, retrying connection errors with back-off (``attempts`` tries)."""
-        delay = 0.05
-        for attempt in range(self.attempts):
+    def retrying(self, call: Callable[[], T], patience: float | None = None) -> T:
+        """Run ``call``, retrying transient store errors with capped back-off: ``attempts``
+        tries, or, with ``patience``, until that many seconds have passed."""
+        deadline = None if patience is None else time.monotonic() + patience
+        delay = FIRST_BACKOFF
+        attempt = 0
+        while True:
             try:
                 return call()
-            except StoreConnectionError:
-                if attempt == self.attempts - 1:
+            except StoreUnavailable:
+                attempt += 1
+                if deadline is None:
+                    if attempt >= self.attempts:
+                        raise
+                elif time.monotonic() + delay > deadline:
                     raise
                 time.sleep(delay)
-                delay *= 2
-        raise AssertionError("unreachable")  # pragma: no cover
+                delay = min(delay * 2, MAX_BACKOFF)
 
     def claim(self, broker: dramatiq.Broker, message: MessageProxy, raw: Any) -> None:
         """Claim the delivery's node, or raise SkipMessage; inject the piped input.
@@ -154,7 +174,12 @@ class NodeOps:
             )
             raise SkipMessage(f"invalid workflow reference: {ref}")
         workflow_id, node = ref.workflow_id, ref.node
-        ctx = self.context(broker, workflow_id, ref.token)
+        # A claim that gives up fails the attempt, and the delivery goes through dramatiq's
+        # Retries, whose re-enqueue writes to the broker: on a RedisBroker sharing the sick
+        # Redis that write can fail too, and the message is lost. The claim changed nothing
+        # yet, so it waits here, for minutes if need be, for the store to come back.
+        patience = self.claim_patience
+        ctx = self.context(broker, workflow_id, ref.token, patience)
         if ctx is None:
             logger.warning("Workflow %s no longer exists; skipping %s.", workflow_id, message)
             raise SkipMessage("workflow not found")
@@ -167,7 +192,8 @@ class NodeOps:
         spec = ctx.loaded.dag.pipes.get(node) if isinstance(node, int) and not ref.piped else None
         wanted = spec_nodes(spec) if spec is not None else []
         claim = self.retrying(
-            lambda: self.store.sync.claim(workflow_id, node, message.message_id, wanted, ref.token)
+            lambda: self.store.sync.claim(workflow_id, node, message.message_id, wanted, ref.token),
+            patience,
         )
         if not claim.run:
             _skip_claim(claim, workflow_id, node, message)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, final
 
 import dramatiq
 
-from .errors import DecodeError, StoreError
+from .errors import StoreUnavailable
 
 if TYPE_CHECKING:
     from ._context import ContextCache
@@ -74,7 +74,10 @@ class Reconciler:
         while not self._stop.wait(self.interval * random.uniform(0.8, 1.2)):
             try:
                 self.sweep()
-            except (StoreError, DecodeError):
+            except StoreUnavailable as exc:  # a lost, full, busy or failing-over Redis
+                logger.warning("Reconciler sweep failed (%s); trying again later.", exc)
+            except Exception:
+                # a broker error or a bug must not end the thread: the next sweep may succeed
                 logger.warning("Reconciler sweep failed; trying again later.", exc_info=True)
 
     def sweep(self, broker: dramatiq.Broker | None = None, *, limit: int = 500) -> int:

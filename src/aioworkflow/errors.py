@@ -18,8 +18,10 @@ __all__ = [
     "MessageTooLarge",
     "ResultTooLarge",
     "ScriptError",
+    "StoreBusy",
     "StoreConnectionError",
     "StoreError",
+    "StoreUnavailable",
     "WorkflowCancelled",
     "WorkflowExists",
     "WorkflowFailed",
@@ -59,12 +61,49 @@ class StoreError(AioWorkflowError):
     """The workflow store failed (raised by ``RedisStore`` and ``MemoryStore`` operations)."""
 
 
-class StoreConnectionError(StoreError, ConnectionError):
-    """The store's server could not be reached or dropped the connection."""
+class StoreUnavailable(StoreError):
+    """The store cannot serve the call right now, but will again: retry it.
+
+    The base of every transient store error. Raised by ``RedisStore`` operations (and caught
+    by the worker and the client, which retry with back-off) for a connection that failed or
+    timed out (:class:`StoreConnectionError`) and for error replies of a server that is up but
+    refuses for a while (:class:`StoreBusy`). Nothing was changed by the failed command, or
+    the call is idempotent, so retrying it is safe.
+    """
+
+
+class StoreConnectionError(StoreUnavailable, ConnectionError):
+    """The store's server could not be reached, timed out or dropped the connection.
+
+    Raised by ``RedisStore`` operations (redis-py's ``ConnectionError``/``TimeoutError``, a
+    broken socket on the worker's wire path, a ``-LOADING`` reply). Transient: a :class:`StoreUnavailable`.
+    """
+
+
+class StoreBusy(StoreUnavailable):
+    """The store's server is up but answered with a transient error reply.
+
+    Raised by ``RedisStore`` operations when Redis replies ``-OOM`` (``maxmemory`` reached
+    with ``noeviction``), ``-BUSY`` (another client's long script), ``-READONLY`` (a demoted
+    primary), ``-MASTERDOWN``, ``-NOREPLICAS``, ``-TRYAGAIN``, ``-CLUSTERDOWN``, ``-MISCONF``,
+    or ``-NOSCRIPT`` once reloading the script did not help (``-LOADING``, a restarted server
+    reading its data, is a :class:`StoreConnectionError`, as redis-py has it). ``code`` is the reply's error code (``"OOM"``, ``"BUSY"``...).
+    A script that got such a reply wrote nothing (Redis checks before it runs, and the
+    scripts read and validate everything before their first write).
+    """
+
+    def __init__(self, message: str, code: str = "") -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class ScriptError(StoreError):
-    """A Lua script of the store failed on the server (a bug or a foreign key type)."""
+    """A Lua script or command of the store failed on the server: a bug, not a passing state.
+
+    Raised by ``RedisStore`` operations for an error reply that is not transient (a script's
+    own ``error()``, a foreign key type, a syntax error); the message names the Lua file and
+    line. Never retried.
+    """
 
 
 class ConfigurationError(AioWorkflowError):

@@ -16,6 +16,7 @@ import redis
 import redis.asyncio
 import redis.asyncio.cluster
 import redis.cluster
+import redis.exceptions
 
 from aioworkflow import _keys, _protocol as p
 from aioworkflow._dag import Dag
@@ -32,15 +33,16 @@ from aioworkflow._protocol import BrokerAck, Claim, Completion, ScriptCall, Subm
 from aioworkflow._status import Event
 from aioworkflow.errors import (
     DecodeError,
-    ScriptError,
     StoreConnectionError,
     StoreError,
+    StoreUnavailable,
     WorkflowExists,
 )
 
 from ._base import DEFAULT_FAILED_RETENTION, DEFAULT_RETENTION, Loaded, retention_ms
+from ._policy import EvictionCheck
 from ._scripts import SOURCES, ScriptName, explain
-from ._wire import WireScripts
+from ._wire import WireScripts, reply_error
 
 if TYPE_CHECKING:
     from collections.abc import Generator, Sequence
@@ -52,9 +54,11 @@ __all__ = ["RedisStore"]
 
 #: Roots released per start-script call: keeps each call short on a 100,000-root workflow.
 ROOT_CHUNK = 1000
-#: Attempts of one run() submission on connection errors, and the first back-off (seconds).
-SUBMIT_ATTEMPTS = 6
+#: Seconds one run() submission keeps retrying transient store errors (connection errors,
+#: OOM, BUSY, READONLY...), its first and its longest back-off.
+SUBMIT_PATIENCE = 60.0
 SUBMIT_FIRST_BACKOFF = 0.05
+SUBMIT_MAX_BACKOFF = 1.0
 #: Connections per event loop for the async client; further callers wait for a free one.
 AIO_MAX_CONNECTIONS = 64
 #: Longest blocking XREAD: redis-py's default socket read timeout (5 s) must not cut it off;
@@ -112,15 +116,44 @@ def map_exceptions(script: ScriptName | None = None) -> Generator[None]:
 
     A script's error names the file and line it comes from (``complete.lua:24``), not the line
     of the joined source Redis ran (``user_script:168``).
+
+    Error replies are classified by their code (``reply_error``): transient ones (OOM, BUSY,
+    READONLY, LOADING...) become :class:`~aioworkflow.errors.StoreUnavailable` subclasses that
+    callers retry, the rest a ``ScriptError``.
     """
     try:
         yield
+    except redis.exceptions.BusyLoadingError as exc:  # -LOADING (a redis-py ConnectionError)
+        raise reply_error("LOADING", f"LOADING {exc}") from exc
     except (redis.ConnectionError, redis.TimeoutError) as exc:
         raise StoreConnectionError(str(exc)) from exc
     except redis.ResponseError as exc:
-        raise ScriptError(explain(str(exc), script)) from exc
+        code, message = _reply_code(exc)
+        raise reply_error(code, explain(message, script)) from exc
     except redis.RedisError as exc:
         raise StoreError(str(exc)) from exc
+
+
+#: redis-py's own classes for some error codes (it strips the code from their message).
+_CODE_OF: tuple[tuple[type[redis.ResponseError], str], ...] = (
+    (redis.exceptions.OutOfMemoryError, "OOM"),
+    (redis.exceptions.ReadOnlyError, "READONLY"),
+    (redis.exceptions.NoScriptError, "NOSCRIPT"),
+    (redis.exceptions.TryAgainError, "TRYAGAIN"),
+    (redis.exceptions.ClusterDownError, "CLUSTERDOWN"),
+)
+
+
+def _reply_code(exc: redis.ResponseError) -> tuple[str, str]:
+    """An error reply's code and full text, whichever class redis-py made of it."""
+    text = str(exc)
+    status: object = getattr(exc, "status_code", None)  # redis-py >= 6 keeps the code
+    if isinstance(status, str) and status:
+        return status, f"{status} {text}"
+    for cls, code in _CODE_OF:
+        if isinstance(exc, cls):
+            return code, f"{code} {text}"
+    return text.split(" ", 1)[0], text
 
 
 def _json(raw: bytes) -> Any:
@@ -251,15 +284,15 @@ class _AsyncDriver:
     async def submit(self, workflow_id: str, upload: Upload, queue_keys: list[str]) -> Completion:
         token = secrets.token_hex(16)
         delay = SUBMIT_FIRST_BACKOFF
-        for attempt in range(SUBMIT_ATTEMPTS):
+        deadline = time.monotonic() + SUBMIT_PATIENCE
+        while True:
             try:
                 return await self._submit(workflow_id, upload, queue_keys, token)
-            except StoreConnectionError:
-                if attempt == SUBMIT_ATTEMPTS - 1:
+            except StoreUnavailable:
+                if time.monotonic() + delay > deadline:
                     raise
                 await asyncio.sleep(delay)  # back-off before reconnecting
-                delay *= 2
-        raise AssertionError("unreachable")  # pragma: no cover
+                delay = min(delay * 2, SUBMIT_MAX_BACKOFF)
 
     async def _submit(
         self, workflow_id: str, upload: Upload, queue_keys: list[str], token: str
@@ -394,6 +427,11 @@ class RedisStore:
         failed_retention: seconds a FAILED workflow's keys are kept (default seven days): it
             can still be retried, so it is kept longer than one that succeeded or was
             cancelled.
+        allow_eviction: accept a Redis whose ``maxmemory-policy`` evicts keys
+            (``allkeys-*``, ``volatile-*``), with a warning. By default such a Redis is
+            refused with ``ConfigurationError`` at worker boot and at the client's first call:
+            an evicted key makes its workflow hang for good. Use ``noeviction``: Redis then
+            answers ``-OOM`` when full, which workers and clients retry.
 
     Raises:
         ConfigurationError: a retention is not a positive finite number.
@@ -408,6 +446,7 @@ class RedisStore:
         retention: float = DEFAULT_RETENTION,
         result_limit: int = 1 << 20,
         failed_retention: float = DEFAULT_FAILED_RETENTION,
+        allow_eviction: bool = False,
     ) -> None:
         self.retention_ms = retention_ms("retention", retention)
         self.failed_retention_ms = retention_ms("failed_retention", failed_retention)
@@ -426,6 +465,7 @@ class RedisStore:
             weakref.WeakKeyDictionary()
         )
         self._direct: dict[int, bool] = {}
+        self._eviction = EvictionCheck(allow_eviction)
 
     @property
     def sync(self) -> _SyncDriver:
@@ -486,6 +526,22 @@ class RedisStore:
                 future = asyncio.run_coroutine_threadsafe(driver.aclose(), loop)
                 with contextlib.suppress(Exception):
                     future.result(timeout=5)
+
+    def check_eviction(self) -> None:
+        """Refuse an evicting ``maxmemory-policy`` (see ``allow_eviction``); cached once passed.
+
+        Raises:
+            ConfigurationError: a (primary) server evicts keys and ``allow_eviction`` is off.
+            StoreUnavailable: the server could not be reached (checked again next time).
+        """
+        if not self._eviction.done:
+            with map_exceptions():
+                self._eviction.check(self._client, self.cluster)
+
+    async def acheck_eviction(self) -> None:
+        """``check_eviction`` for the event loop (in a thread the first time, then free)."""
+        if not self._eviction.done:
+            await asyncio.to_thread(self.check_eviction)
 
     def shares_server(self, client: Any) -> bool:
         """Whether ``client`` (a sync redis-py client) talks to this store's very Redis, so

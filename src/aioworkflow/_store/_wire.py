@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 import redis
 import redis.connection
 
-from aioworkflow.errors import ScriptError, StoreConnectionError
+from aioworkflow.errors import ScriptError, StoreBusy, StoreConnectionError, StoreError
 
 from ._scripts import SOURCES, explain
 
@@ -52,7 +52,7 @@ if TYPE_CHECKING:
 
     from aioworkflow._protocol import ScriptCall, ScriptName
 
-__all__ = ["WireScripts"]
+__all__ = ["TRANSIENT_CODES", "WireScripts", "reply_error"]
 
 _KEY_CACHE = 4096
 _CRLF = b"\r\n"
@@ -70,8 +70,49 @@ def _bulk(value: Any) -> bytes:
     return b"$%d\r\n%s\r\n" % (len(data), data)
 
 
+#: Error codes of replies a server gives while it is up but cannot serve for a while: the
+#: command did nothing, and trying again later is right. ``OOM``: ``maxmemory`` reached with
+#: ``noeviction``; ``BUSY``: another client's script runs past ``busy-reply-threshold``;
+#: ``READONLY``: a demoted primary; ``LOADING``: a restarted server reading its data;
+#: ``MASTERDOWN``: a replica lost its primary; ``NOREPLICAS``: ``min-replicas-to-write``
+#: unmet; ``TRYAGAIN``/``CLUSTERDOWN``: a cluster resharding or failing over; ``MISCONF``: a
+#: failed RDB save stops writes; ``NOSCRIPT``: the script cache was flushed again between
+#: loading a script and running it (a failover or ``SCRIPT FLUSH``).
+TRANSIENT_CODES = frozenset(
+    (
+        "OOM",
+        "BUSY",
+        "READONLY",
+        "LOADING",
+        "MASTERDOWN",
+        "NOREPLICAS",
+        "TRYAGAIN",
+        "CLUSTERDOWN",
+        "MISCONF",
+        "NOSCRIPT",
+    )
+)
+
+
+def reply_error(code: str, message: str) -> StoreError:
+    """The aioworkflow error for a Redis error reply (``code``: its first word, ``OOM``).
+
+    The one classification of error replies, for the wire path and redis-py alike:
+    ``LOADING`` is a :class:`StoreConnectionError` (as redis-py has it), the other
+    :data:`TRANSIENT_CODES` a :class:`StoreBusy`, anything else a :class:`ScriptError`
+    (callers first map ``user_script:N`` in ``message`` to the Lua file and line).
+    """
+    if code == "LOADING":
+        return StoreConnectionError(message)
+    if code in TRANSIENT_CODES:
+        return StoreBusy(message, code)
+    return ScriptError(message)
+
+
 class _ReplyError(Exception):
-    pass
+    @property
+    def code(self) -> str:
+        return str(self).split(" ", 1)[0]
 
 
 def _read(f: BinaryIO) -> Any:
@@ -120,7 +161,7 @@ class _Conn:
             reply = self.call(_command(cmd))
             if isinstance(reply, _ReplyError):
                 self.close()
-                raise ScriptError(f"{cmd[0]} failed: {reply}")
+                raise reply_error(reply.code, f"{cmd[0]} failed: {reply}")
 
     def call(self, packet: bytes) -> Any:
         self.sock.sendall(packet)
@@ -230,6 +271,7 @@ class WireScripts:
         Raises:
             StoreConnectionError: Redis unreachable, timed out, the connection broke, or
                 Redis is still loading its data set.
+            StoreBusy: a transient error reply (OOM, BUSY, READONLY...: ``TRANSIENT_CODES``).
             ScriptError: the script raised an error (naming the Lua file and line).
         """
         name, keys, args = call.script, call.keys, call.args
@@ -242,19 +284,18 @@ class WireScripts:
         try:
             conn = self._conn()
             reply = conn.call(packet)
-            if isinstance(reply, _ReplyError) and str(reply).startswith("NOSCRIPT"):
+            if isinstance(reply, _ReplyError) and reply.code == "NOSCRIPT":
                 loaded = conn.call(_command([b"SCRIPT", b"LOAD", self._sources[name]]))
                 if isinstance(loaded, _ReplyError):
-                    raise ScriptError(f"SCRIPT LOAD {name} failed: {loaded}")
+                    raise reply_error(loaded.code, f"SCRIPT LOAD {name} failed: {loaded}")
                 reply = conn.call(packet)
         except (OSError, ConnectionError, ValueError) as exc:
             # A broken or timed-out socket cannot be resynchronised: start afresh next time.
             self._drop()
             raise StoreConnectionError(f"Redis connection failed: {exc}") from exc
         if isinstance(reply, _ReplyError):
-            if str(reply).startswith("LOADING"):  # a restarted Redis reading its data back:
-                # transient, like redis-py's BusyLoadingError (a ConnectionError)
-                raise StoreConnectionError(str(reply))
             message = str(reply)
-            raise ScriptError(explain(message, name) if name in self._known else message)
+            raise reply_error(
+                reply.code, explain(message, name) if name in self._known else message
+            )
         return reply
