@@ -22,7 +22,7 @@ import anyio.to_thread
 import dramatiq
 
 from . import _codec
-from ._compiler import compile as compile_canvas
+from ._compiler import DEFAULT_MAX_NODES, compile as compile_canvas
 from ._dag import Dag, ResultSpec, spec_nodes
 from ._dramatiq import Route, as_callback, direct_mode, route_for
 from ._dramatiq._hooks import Stamped, stamp_direct
@@ -152,6 +152,9 @@ class Workflow:
             :class:`~aioworkflow.errors.MessageTooLarge` above it, before storing anything
             (brokers and Redis have hard limits; big data belongs in storage, passed by
             reference).
+        max_nodes: the most task nodes the workflow may have; ``run()`` raises
+            :class:`~aioworkflow.errors.WorkflowTooLarge` above it, counted before anything
+            is built or stored (a workflow's size drives its Redis memory and submit time).
 
     Both callbacks receive the workflow id appended as their last positional argument, so
     ``notify.message("done")`` is called as ``notify("done", workflow_id)``.
@@ -166,6 +169,7 @@ class Workflow:
         id: str | None = None,
         audit: bool = False,
         max_message_bytes: int = MAX_MESSAGE_BYTES,
+        max_nodes: int = DEFAULT_MAX_NODES,
     ) -> None:
         _check_step(canvas, "Workflow")
         if id is not None:
@@ -179,10 +183,11 @@ class Workflow:
         self.id = id
         self.audit = audit
         self.max_message_bytes = max_message_bytes
+        self.max_nodes = max_nodes
 
     def compile(self) -> Dag:
-        """Compile the canvas (pure; raises GraphError)."""
-        return compile_canvas(self.canvas)
+        """Compile the canvas (pure; raises GraphError, WorkflowTooLarge above ``max_nodes``)."""
+        return compile_canvas(self.canvas, max_nodes=self.max_nodes)
 
     def run(
         self, *, broker: dramatiq.Broker | None = None, store: StoreBackend | None = None
@@ -221,7 +226,7 @@ class Workflow:
         trace = current_traceparent()  # observability: the root of the workflow's trace
 
         def prepare() -> tuple[Loaded, Any, Route, Stamped | None]:
-            dag = compile_canvas(self.canvas)
+            dag = self.compile()
             _check_sizes(dag, self.max_message_bytes)
             direct = direct_mode(store, broker)
             on_success, on_failure = as_callback(self.on_success), as_callback(self.on_failure)

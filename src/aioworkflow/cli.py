@@ -28,7 +28,7 @@ from dramatiq.brokers.stub import StubBroker
 
 from ._redact import redact_text, redact_url, url_secrets
 from ._status import State
-from .errors import AioWorkflowError, StoreConnectionError, WorkflowNotFound
+from .errors import AioWorkflowError, StoreBusy, StoreConnectionError, WorkflowNotFound
 
 if TYPE_CHECKING:
     from collections.abc import Generator, Sequence
@@ -137,6 +137,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         except StoreConnectionError as exc:
             url = redact_url(args.redis or "")
             return _error(f"cannot reach Redis at {url}: {exc}", secrets)
+        except StoreBusy as exc:  # up, but refusing for a while (OOM, BUSY, READONLY, ...)
+            url = redact_url(args.redis or "")
+            return _error(f"Redis at {url} refused ({exc.code}), try again: {exc}", secrets)
         except (AioWorkflowError, CommandError) as exc:
             return _error(str(exc), secrets)
         except Exception as exc:  # noqa: BLE001  # the CLI's boundary: one redacted line, no traceback
