@@ -275,7 +275,8 @@ def client_from_url(url: str, *, cluster: bool) -> Any:
                 f"unsupported Redis URL scheme {scheme!r} in {redact_url(url)}: use redis://, "
                 "rediss://, unix:// or redis+sentinel://"
             )
-        return redis.Redis.from_url(url)
+        standalone: Any = redis.Redis  # from_url's kwargs are untyped
+        return standalone.from_url(url)
     except (ValueError, TypeError) as exc:
         message = redact_text(str(exc), url_secrets(url))
         raise ConfigurationError(f"bad Redis URL {redact_url(url)}: {message}") from None
@@ -283,12 +284,13 @@ def client_from_url(url: str, *, cluster: bool) -> Any:
 
 def _kwargs_of(client: Any) -> dict[str, Any]:
     if isinstance(client, redis.cluster.RedisCluster):
-        return dict(client.nodes_manager.connection_kwargs)
+        manager: Any = client.nodes_manager
+        return dict(manager.connection_kwargs)
     pool = getattr(client, "connection_pool", None)
     kwargs = dict(getattr(pool, "connection_kwargs", {}) or {})
-    manager = getattr(pool, "sentinel_manager", None)
-    if manager is not None:
-        kwargs = {**dict(manager.connection_kwargs), **kwargs}
+    sentinels = getattr(pool, "sentinel_manager", None)
+    if sentinels is not None:
+        kwargs = {**dict(sentinels.connection_kwargs), **kwargs}
     return kwargs
 
 
