@@ -410,3 +410,26 @@ async def test_cluster_with_requirepass_and_masterauth(started: list[RedisServer
     finally:
         await store.aclose()
         store.close()
+
+
+@pytest.mark.parametrize("kind", ["wire", "redis-py", "async"])
+async def test_connection_errors_never_show_the_password(kind: str) -> None:
+    # Given a store whose URL carries a password, on a port nobody listens on
+    if kind == "redis-py":  # a unix socket: the worker's scripts go through redis-py
+        store = RedisStore(url=f"unix:///nonexistent/aiowf.sock?password={PASSWORD}")
+    else:
+        store = RedisStore(url=f"redis://bob:{PASSWORD}@127.0.0.1:1/0")
+    try:
+        # When a script runs on the worker's path, or the async side reads
+        with pytest.raises(StoreConnectionError) as caught:
+            if kind == "async":
+                await store.aio().meta("x")
+            else:
+                store.sync.claim("x", 0, "m", [])
+        # Then the error says what failed, without the password
+        assert PASSWORD not in str(caught.value)
+        assert PASSWORD not in repr(caught.value)
+        assert (store.sync._wire is not None) is (kind != "redis-py")
+    finally:
+        await store.aclose()
+        store.close()
