@@ -38,7 +38,14 @@ from aioworkflow.errors import ConfigurationError
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-__all__ = ["SENTINEL_SCHEME", "async_factory", "client_from_url", "describe", "secrets_of"]
+__all__ = [
+    "SENTINEL_SCHEME",
+    "BadURL",
+    "async_factory",
+    "client_from_url",
+    "describe",
+    "secrets_of",
+]
 
 SENTINEL_SCHEME = "redis+sentinel"
 
@@ -66,6 +73,10 @@ _KEPT = frozenset(
 #: Settings redis.asyncio has no equivalent of: refused when set, rather than dropped.
 _REFUSED = ("redis_connect_func", "ssl_validate_ocsp", "ssl_validate_ocsp_stapled",
             "ssl_ocsp_context", "ssl_ocsp_expected_cert")  # fmt: skip
+
+
+class BadURL(ConfigurationError, ValueError):
+    """A malformed or unsupported Redis URL (also a ValueError, as redis-py's own are)."""
 
 
 def _accepted(cls: type[Any]) -> set[str]:
@@ -226,14 +237,14 @@ def _sentinel_from_url(url: str) -> Any:
     for hostport in netloc.split(","):
         host, _, port = hostport.rpartition(":")
         if not host or not port.isdigit():
-            raise ConfigurationError(
+            raise BadURL(
                 f"bad sentinel address {hostport!r} in {redact_url(url)}: expected "
                 "redis+sentinel://[user:password@]host:port[,host:port...]/service[/db]"
             )
         addresses.append((host.strip("[]"), int(port)))
     path = [p for p in parts.path.split("/") if p]
     if not path or len(path) > 2 or (len(path) == 2 and not path[1].isdigit()):
-        raise ConfigurationError(
+        raise BadURL(
             f"{redact_url(url)} needs a service name: "
             "redis+sentinel://[user:password@]host:port[,host:port...]/service[/db]"
         )
@@ -262,24 +273,24 @@ def client_from_url(url: str, *, cluster: bool) -> Any:
     try:
         if scheme == SENTINEL_SCHEME:
             if cluster:
-                raise ConfigurationError("a redis+sentinel:// URL cannot be a Redis Cluster")
+                raise BadURL("a redis+sentinel:// URL cannot be a Redis Cluster")
             return _sentinel_from_url(url)
         if cluster:
             if scheme not in ("redis", "rediss"):
-                raise ConfigurationError(
-                    f"a Redis Cluster URL is redis:// or rediss://, not {scheme}://"
-                )
+                raise BadURL(f"a Redis Cluster URL is redis:// or rediss://, not {scheme}://")
             return redis.cluster.RedisCluster.from_url(url)
         if scheme not in ("redis", "rediss", "unix"):
-            raise ConfigurationError(
+            raise BadURL(
                 f"unsupported Redis URL scheme {scheme!r} in {redact_url(url)}: use redis://, "
                 "rediss://, unix:// or redis+sentinel://"
             )
         standalone: Any = redis.Redis  # from_url's kwargs are untyped
         return standalone.from_url(url)
+    except BadURL:
+        raise
     except (ValueError, TypeError) as exc:
         message = redact_text(str(exc), url_secrets(url))
-        raise ConfigurationError(f"bad Redis URL {redact_url(url)}: {message}") from None
+        raise BadURL(f"bad Redis URL {redact_url(url)}: {message}") from None
 
 
 def _kwargs_of(client: Any) -> dict[str, Any]:
