@@ -37,7 +37,7 @@ from aioworkflow.errors import (
     WorkflowExists,
 )
 
-from . import _connect, _durable
+from . import _connect, _durable, _urls
 from ._base import Loaded
 from ._scripts import SOURCES, ScriptName, explain
 from ._wire import WireScripts
@@ -410,9 +410,9 @@ class RedisStore:
             )
         if client is None:
             assert url is not None
-            client = _connect.client_from_url(url, cluster=cluster)
+            client = _urls.client_from_url(url, cluster=cluster)
         self._factory = _connect.async_factory(client, AIO_MAX_CONNECTIONS, _LIB)
-        self._secrets = _connect.secrets_of(client, url)
+        self._secrets = _urls.secrets_of(client, url)
         self.url = url
         self.replicas = replicas
         self.retention_ms = int(retention * 1000)
@@ -426,7 +426,7 @@ class RedisStore:
         self._direct: dict[int, bool] = {}
 
     def __repr__(self) -> str:
-        where = _connect.describe(self._client)
+        where = _urls.describe(self._client)
         extra = f", replicas={self.replicas}" if self.replicas else ""
         return f"RedisStore({where!r}{extra})"
 
