@@ -214,10 +214,11 @@ async def test_workers_and_clients_ride_a_sentinel_failover(mode: str, replicas:
             ]
             assert finals.count("gone") == 0, f"acknowledged submissions vanished: {bad[:5]}"
             if mode == "direct" and lost:
-                # Known gap, direct mode (cause not proven; likely): dramatiq's RedisBroker fetches (moving it to
-                # the worker's ack set) outside WAIT; a fetch whose reply died with the primary
-                # leaves the node in an ack set of a live worker, redelivered only when dramatiq
-                # deems that worker dead. Seen in about 1 run in 3 (1 workflow of ~90).
+                # Known gap, direct mode (cause not proven, likely): dramatiq's RedisBroker
+                # fetches a message (moving it to the worker's ack set) outside WAIT; a fetch
+                # whose reply died with the primary leaves the node in the ack set of a live
+                # worker, redelivered only once dramatiq deems that worker dead. Seen in about
+                # 1 run in 3 (1 workflow of ~90).
                 pytest.xfail(f"direct mode: {lost} acknowledged workflows stuck: {bad[:5]}")
             assert lost == 0, f"{lost} acknowledged workflows lost: {bad[:5]}"
             # Known gap, direct mode only: the callback is a plain dramatiq message whose
