@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.metadata
-import inspect
 import secrets
 import time
 import weakref
@@ -13,8 +12,6 @@ from typing import TYPE_CHECKING, Any, final
 
 import orjson
 import redis
-import redis.asyncio
-import redis.asyncio.cluster
 import redis.cluster
 import redis.exceptions
 
@@ -30,8 +27,10 @@ from aioworkflow._machine import (
     State,
 )
 from aioworkflow._protocol import BrokerAck, Claim, Completion, ScriptCall, SubmitCode
+from aioworkflow._redact import redact_text
 from aioworkflow._status import Event
 from aioworkflow.errors import (
+    ConfigurationError,
     DecodeError,
     StoreConnectionError,
     StoreError,
@@ -39,6 +38,7 @@ from aioworkflow.errors import (
     WorkflowExists,
 )
 
+from . import _connect, _durable, _urls
 from ._base import DEFAULT_FAILED_RETENTION, DEFAULT_RETENTION, Loaded, retention_ms
 from ._policy import EvictionCheck
 from ._scripts import SOURCES, ScriptName, explain
@@ -187,15 +187,19 @@ def _load_cmds(pipe: Any, workflow_id: str) -> None:
 class _SyncDriver:
     """The worker-side driver (redis-py, thread-safe through its connection pool)."""
 
-    def __init__(self, client: Any) -> None:
+    def __init__(self, client: Any, wait: _durable.Wait | None = None) -> None:
         self._client = client
+        self._wait = wait
         self._scripts = {n: client.register_script(src) for n, src in SOURCES.items()}
-        self._wire = WireScripts.for_client(client, SOURCES)
+        self._wire = WireScripts.for_client(client, SOURCES, wait)
 
     def _run(self, call: ScriptCall) -> Any:
         if self._wire is not None and call.script in _HOT:
             return self._wire.run(call)
         with map_exceptions(call.script):
+            if self._wait is not None:
+                script = self._scripts[call.script]
+                return _durable.run_sync(self._client, script, call.keys, call.args, self._wait)
             return self._scripts[call.script](keys=call.keys, args=call.args)
 
     def close(self) -> None:
@@ -265,13 +269,14 @@ class _SyncDriver:
 class _AsyncDriver:
     """The client-side driver (redis.asyncio), bound to one event loop."""
 
-    def __init__(self, client: Any) -> None:
+    def __init__(self, client: Any, wait: _durable.Wait | None = None) -> None:
         self._client = client
+        self._wait = wait
         self._scripts = {n: client.register_script(src) for n, src in SOURCES.items()}
 
     async def aclose(self) -> None:
-        """Close this driver's connection pool."""
-        await self._client.aclose()
+        """Close this driver's connection pool (and its Sentinel connections)."""
+        await _connect.aclose(self._client)
 
     async def _call(self, call: ScriptCall) -> Any:
         return await self._run(call.script, call.keys, call.args)
@@ -279,6 +284,10 @@ class _AsyncDriver:
     async def _run(self, script: ScriptName, keys: Sequence[str], args: Sequence[Any]) -> Any:
         # the one place a script runs (tests wrap it to lose replies)
         with map_exceptions(script):
+            if self._wait is not None:
+                return await _durable.run_async(
+                    self._client, self._scripts[script], keys, args, self._wait
+                )
             return await self._scripts[script](keys=keys, args=args)
 
     async def submit(self, workflow_id: str, upload: Upload, queue_keys: list[str]) -> Completion:
@@ -415,12 +424,17 @@ class _AsyncDriver:
 
 @final
 class RedisStore:
-    """Workflow state in Redis (standalone or Redis Cluster).
+    """Workflow state in Redis (standalone, Sentinel-managed, or Redis Cluster).
 
     Args:
-        url: ``redis://`` URL for both drivers.
-        client: a ``redis.Redis`` (or ``redis.cluster.RedisCluster``) for the worker side;
-            the async side connects with the same parameters.
+        url: ``redis://``, ``rediss://`` (TLS), ``unix://`` or
+            ``redis+sentinel://[user:password@]host:port[,host:port...]/service[/db]``.
+        client: any redis-py client for the worker side: ``redis.Redis`` (TCP, TLS, unix
+            socket, ACL user, credential provider), a Sentinel master
+            (``Sentinel([...]).master_for(name)``) or a ``redis.cluster.RedisCluster``. The
+            async side reaches the same server(s) with the same credentials and TLS settings
+            (and follows Sentinel failovers); a client it cannot reproduce raises
+            ``ConfigurationError`` here.
         cluster: connect to a Redis Cluster (with ``url``).
         retention: seconds a finished workflow's keys are kept (default one day).
         result_limit: largest stored result in bytes (default 1 MiB).
@@ -432,9 +446,15 @@ class RedisStore:
             refused with ``ConfigurationError`` at worker boot and at the client's first call:
             an evicted key makes its workflow hang for good. Use ``noeviction``: Redis then
             answers ``-OOM`` when full, which workers and clients retry.
+        replicas: opt-in durability: a submission, completion, failure or control call
+            counts as done only once this many replicas acknowledged it (Redis ``WAIT``
+            after every script); fewer is a transient error, retried. 0 (default): the
+            primary's reply is enough, and a failover may lose the last writes.
+        replica_timeout: seconds each ``WAIT`` may block.
 
     Raises:
-        ConfigurationError: a retention is not a positive finite number.
+        ConfigurationError: a retention is not a positive finite number, a bad URL, a client
+            the async side cannot reproduce, or ``replicas`` on Redis Cluster.
     """
 
     def __init__(
@@ -447,25 +467,45 @@ class RedisStore:
         result_limit: int = 1 << 20,
         failed_retention: float = DEFAULT_FAILED_RETENTION,
         allow_eviction: bool = False,
+        replicas: int = 0,
+        replica_timeout: float = 1.0,
     ) -> None:
         self.retention_ms = retention_ms("retention", retention)
         self.failed_retention_ms = retention_ms("failed_retention", failed_retention)
         if (url is None) == (client is None):
             raise StoreError("RedisStore needs exactly one of url= or client=")
+        wait = _durable.Wait.of(replicas, replica_timeout)
         self.cluster = cluster or isinstance(client, redis.cluster.RedisCluster)
+        if wait is not None and self.cluster:
+            raise ConfigurationError(
+                "replicas= is not supported on Redis Cluster: WAIT would have to go to the "
+                "shard of each script; see the README's reliability section"
+            )
         if client is None:
             assert url is not None
-            factory: Any = redis.cluster.RedisCluster if self.cluster else redis.Redis
-            client = factory.from_url(url)
+            client = _urls.client_from_url(url, cluster=cluster)
+        self._factory = _connect.async_factory(client, AIO_MAX_CONNECTIONS, _LIB)
+        self._secrets = _urls.secrets_of(client, url)
         self.url = url
+        self.replicas = replicas
         self.result_limit = result_limit
+        self._wait = wait
         self._client: Any = client
-        self._sync = _SyncDriver(client)
+        self._sync = _SyncDriver(client, wait)
         self._aio: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _AsyncDriver] = (
             weakref.WeakKeyDictionary()
         )
         self._direct: dict[int, bool] = {}
         self._eviction = EvictionCheck(allow_eviction)
+
+    def __repr__(self) -> str:
+        where = _urls.describe(self._client)
+        extra = f", replicas={self.replicas}" if self.replicas else ""
+        return f"RedisStore({where!r}{extra})"
+
+    def redact(self, text: str) -> str:
+        """``text`` without this store's passwords (for log lines and error messages)."""
+        return redact_text(text, self._secrets)
 
     @property
     def sync(self) -> _SyncDriver:
@@ -482,27 +522,7 @@ class RedisStore:
         loop = asyncio.get_running_loop()
         driver = self._aio.get(loop)
         if driver is None:
-            if self.cluster:
-                nodes: Any = self._client.get_nodes()
-                client: Any = redis.asyncio.cluster.RedisCluster(
-                    host=nodes[0].host, port=nodes[0].port
-                )
-            elif self.url is not None:
-                # A blocking pool: many concurrent run()/wait() calls queue for a connection
-                # instead of failing with "Too many connections".
-                pool: Any = redis.asyncio.BlockingConnectionPool.from_url(  # pyright: ignore[reportUnknownMemberType]
-                    self.url, max_connections=AIO_MAX_CONNECTIONS, timeout=None, **_LIB
-                )
-                client = redis.asyncio.Redis.from_pool(pool)
-            else:
-                accepted = inspect.signature(redis.asyncio.Redis).parameters
-                kwargs: dict[str, Any] = self._client.connection_pool.connection_kwargs
-                kept = {k: v for k, v in kwargs.items() if k in accepted and k != "max_connections"}
-                pool = redis.asyncio.BlockingConnectionPool(
-                    max_connections=AIO_MAX_CONNECTIONS, timeout=None, **{**kept, **_LIB}
-                )
-                client = redis.asyncio.Redis.from_pool(pool)
-            driver = self._aio[loop] = _AsyncDriver(client)
+            driver = self._aio[loop] = _AsyncDriver(self._factory(), self._wait)
         return driver
 
     async def aclose(self) -> None:
@@ -515,7 +535,7 @@ class RedisStore:
         """Close the sync connection pool, the worker threads' sockets, and the async pools of
         event loops still running in other threads (such as the one behind ``run_sync``)."""
         self._sync.close()
-        self._client.close()
+        _connect.close(self._client, owned=self.url is not None)
         try:
             current = asyncio.get_running_loop()
         except RuntimeError:

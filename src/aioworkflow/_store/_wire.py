@@ -8,7 +8,10 @@ reply is read with a buffered reader, and a ``NOSCRIPT`` reply (after ``SCRIPT F
 failover) loads the script and tries again.
 
 It is only used where it is equivalent to redis-py: a plain TCP ``redis.Redis`` client,
-without TLS, unix sockets or credential providers. Everything else goes through redis-py.
+without TLS, unix sockets, Sentinel or credential providers (a static password is sent with
+AUTH, as redis-py does). Everything else goes through redis-py (:func:`wire_refusal` says
+why). With ``RedisStore(replicas=N)`` each EVALSHA is followed on the same socket by
+``WAIT N timeout`` (``_durable.py``), sent in the same packet.
 
 Why it is kept (measured 2026-12-02 on the 2-core shared dev machine, redis-py 8.1.0, hiredis
 3.x, ``python bench/bench_wire.py --rounds 7 --group 3000 --chain 300``: one RedisBroker in
@@ -52,7 +55,9 @@ if TYPE_CHECKING:
 
     from aioworkflow._protocol import ScriptCall, ScriptName
 
-__all__ = ["TRANSIENT_CODES", "WireScripts", "reply_error"]
+    from ._durable import Wait
+
+__all__ = ["TRANSIENT_CODES", "WireScripts", "reply_error", "wire_refusal"]
 
 _KEY_CACHE = 4096
 _CRLF = b"\r\n"
@@ -182,8 +187,12 @@ def _command(args: Sequence[Any]) -> bytes:
 class WireScripts:
     """EVALSHA over a socket per thread; build with :meth:`for_client` (None if unsuitable)."""
 
-    def __init__(self, params: dict[str, Any], sources: Mapping[ScriptName, str]) -> None:
+    def __init__(
+        self, params: dict[str, Any], sources: Mapping[ScriptName, str], wait: Wait | None = None
+    ) -> None:
         self._params = params
+        self._wait = wait
+        self._wait_packet = b"" if wait is None else _command(wait.args)
         self._sources = {name: src.encode() for name, src in sources.items()}
         # scripts whose error lines explain() can map back to their files
         self._known = frozenset(n for n, src in sources.items() if SOURCES.get(n) == src)
@@ -199,20 +208,18 @@ class WireScripts:
         self._open_lock = threading.Lock()
 
     @classmethod
-    def for_client(cls, client: Any, sources: Mapping[ScriptName, str]) -> WireScripts | None:
+    def for_client(
+        cls, client: Any, sources: Mapping[ScriptName, str], wait: Wait | None = None
+    ) -> WireScripts | None:
         """A wire path equivalent to ``client``, or None where only redis-py will do.
 
         ``AIOWORKFLOW_NO_WIRE=1`` in the environment turns it off (redis-py for every script;
         used by ``bench/bench_wire.py`` to compare the two).
         """
-        if os.environ.get("AIOWORKFLOW_NO_WIRE") == "1" or type(client) is not redis.Redis:
+        if os.environ.get("AIOWORKFLOW_NO_WIRE") == "1" or wire_refusal(client) is not None:
             return None
         pool = client.connection_pool
-        if pool.connection_class is not redis.connection.Connection:
-            return None
-        conn = pool.connection_class(**pool.connection_kwargs)  # type: ignore[no-untyped-call]
-        if getattr(conn, "credential_provider", None) is not None and conn.password is None:
-            return None
+        conn = pool.connection_class(**pool.connection_kwargs)
         params = {
             "host": conn.host,
             "port": conn.port,
@@ -222,7 +229,7 @@ class WireScripts:
             "timeout": conn.socket_timeout,
             "connect_timeout": conn.socket_connect_timeout,
         }
-        return cls(params, sources)
+        return cls(params, sources, wait)
 
     def _conn(self) -> _Conn:
         conn: _Conn | None = getattr(self._local, "conn", None)
@@ -283,12 +290,13 @@ class WireScripts:
         )
         try:
             conn = self._conn()
-            reply = conn.call(packet)
+            tail = self._wait_packet  # WAIT N timeout right after the script (replicas=N)
+            reply, acked = self._call(conn, packet, tail)
             if isinstance(reply, _ReplyError) and reply.code == "NOSCRIPT":
                 loaded = conn.call(_command([b"SCRIPT", b"LOAD", self._sources[name]]))
                 if isinstance(loaded, _ReplyError):
                     raise reply_error(loaded.code, f"SCRIPT LOAD {name} failed: {loaded}")
-                reply = conn.call(packet)
+                reply, acked = self._call(conn, packet, tail)
         except (OSError, ConnectionError, ValueError) as exc:
             # A broken or timed-out socket cannot be resynchronised: start afresh next time.
             self._drop()
@@ -298,4 +306,34 @@ class WireScripts:
             raise reply_error(
                 reply.code, explain(message, name) if name in self._known else message
             )
+        if self._wait is not None:  # the script applied: now the replicas must have it
+            if isinstance(acked, _ReplyError):
+                raise StoreConnectionError(f"WAIT failed: {acked}")
+            self._wait.check(acked)
         return reply
+
+    @staticmethod
+    def _call(conn: _Conn, packet: bytes, tail: bytes) -> tuple[Any, Any]:
+        """Send ``packet`` (and ``tail``, a WAIT, in the same write); read both replies, so
+        the socket stays in step."""
+        if not tail:
+            return conn.call(packet), None
+        reply = conn.call(packet + tail)
+        return reply, _read(conn.reader)
+
+
+def wire_refusal(client: Any) -> str | None:
+    """Why the wire path cannot stand in for ``client`` (None: it can)."""
+    if type(client) is not redis.Redis:
+        return f"{type(client).__name__} client"
+    pool = client.connection_pool
+    if type(pool) not in (redis.ConnectionPool, redis.BlockingConnectionPool):
+        return f"{type(pool).__name__} (Sentinel or custom pool)"
+    if pool.connection_class is not redis.connection.Connection:
+        return f"{pool.connection_class.__name__} (TLS, unix socket or custom transport)"
+    kwargs = pool.connection_kwargs
+    if kwargs.get("credential_provider") is not None:
+        return "credential provider"
+    if kwargs.get("redis_connect_func") is not None:
+        return "custom connect function"
+    return None
