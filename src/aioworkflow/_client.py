@@ -289,7 +289,9 @@ class WorkflowHandle:
         broker: dramatiq.Broker | None = None,
         store: StoreBackend | None = None,
     ) -> None:
-        self.id = id
+        self.id: str = id
+        self.broker: dramatiq.Broker
+        self.store: StoreBackend
         self.broker, self.store = _resolve(broker, store)
         self._cache: tuple[Loaded, Route] | None = None
 
@@ -472,8 +474,8 @@ class SyncWorkflowHandle:
     """The blocking twin of :class:`WorkflowHandle`, for sync code."""
 
     def __init__(self, handle: WorkflowHandle) -> None:
-        self.handle = handle
-        self.id = handle.id
+        self.handle: WorkflowHandle = handle
+        self.id: str = handle.id
 
     @classmethod
     def attach(

@@ -113,8 +113,8 @@ class MemoryStore:
         result_limit: int = 1 << 20,
         failed_retention: float = DEFAULT_FAILED_RETENTION,
     ) -> None:
-        self.retention_ms = retention_ms("retention", retention)
-        self.failed_retention_ms = retention_ms("failed_retention", failed_retention)
+        self.retention_ms: int = retention_ms("retention", retention)
+        self.failed_retention_ms: int = retention_ms("failed_retention", failed_retention)
         self.result_limit = result_limit
         self._lock = threading.Lock()
         self._wfs: dict[str, _Wf] = {}

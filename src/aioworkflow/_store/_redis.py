@@ -39,7 +39,12 @@ from aioworkflow.errors import (
 )
 
 from . import _connect, _durable, _urls
-from ._base import DEFAULT_FAILED_RETENTION, DEFAULT_RETENTION, Loaded, retention_ms
+from ._base import (
+    DEFAULT_FAILED_RETENTION,
+    DEFAULT_RETENTION,
+    Loaded,
+    retention_ms,
+)
 from ._policy import EvictionCheck
 from ._scripts import SOURCES, ScriptName, explain
 from ._wire import WireScripts, reply_error
@@ -470,12 +475,12 @@ class RedisStore:
         replicas: int = 0,
         replica_timeout: float = 1.0,
     ) -> None:
-        self.retention_ms = retention_ms("retention", retention)
-        self.failed_retention_ms = retention_ms("failed_retention", failed_retention)
+        self.retention_ms: int = retention_ms("retention", retention)
+        self.failed_retention_ms: int = retention_ms("failed_retention", failed_retention)
         if (url is None) == (client is None):
             raise StoreError("RedisStore needs exactly one of url= or client=")
         wait = _durable.Wait.of(replicas, replica_timeout)
-        self.cluster = cluster or isinstance(client, redis.cluster.RedisCluster)
+        self.cluster: bool = cluster or isinstance(client, redis.cluster.RedisCluster)
         if wait is not None and self.cluster:
             raise ConfigurationError(
                 "replicas= is not supported on Redis Cluster: WAIT would have to go to the "

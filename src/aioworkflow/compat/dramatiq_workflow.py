@@ -61,7 +61,7 @@ __all__ = [
     "walk_messages",
 ]
 
-logger = logging.getLogger("aioworkflow")
+logger: logging.Logger = logging.getLogger("aioworkflow")
 
 #: The option dramatiq-workflow's in-flight messages carry (its completion callbacks).
 LEGACY_OPTION = "workflow_completion_callbacks"
@@ -86,7 +86,9 @@ class Chain:
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Chain) and self.tasks == other.tasks
 
-    __hash__ = None  # type: ignore[assignment]  # mutable, compared by value
+    def __hash__(self) -> int:
+        """Unhashable: mutable, compared by value."""
+        raise TypeError(f"unhashable type: {type(self).__name__!r}")
 
     def __str__(self) -> str:
         return f"Chain({self.tasks})"
@@ -101,7 +103,9 @@ class Group:
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Group) and self.tasks == other.tasks
 
-    __hash__ = None  # type: ignore[assignment]
+    def __hash__(self) -> int:
+        """Unhashable: mutable, compared by value."""
+        raise TypeError(f"unhashable type: {type(self).__name__!r}")
 
     def __str__(self) -> str:
         return f"Group({self.tasks})"
@@ -117,7 +121,9 @@ class WithDelay:
     def __eq__(self, other: object) -> bool:
         return isinstance(other, WithDelay) and (self.task, self.delay) == (other.task, other.delay)
 
-    __hash__ = None  # type: ignore[assignment]
+    def __hash__(self) -> int:
+        """Unhashable: mutable, compared by value."""
+        raise TypeError(f"unhashable type: {type(self).__name__!r}")
 
     def __str__(self) -> str:
         return f"WithDelay({self.task}, {self.delay})"
@@ -182,7 +188,7 @@ class Workflow:
 
     def __init__(self, workflow: WorkflowType, broker: dramatiq.Broker | None = None) -> None:
         self.workflow = workflow
-        self.broker = broker or dramatiq.get_broker()
+        self.broker: dramatiq.Broker = broker or dramatiq.get_broker()
         #: The aioworkflow id of the last ``run()`` (re-attach with ``WorkflowHandle(id)``).
         self.id: str | None = None
 
