@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import nox
@@ -12,27 +11,6 @@ nox.options.reuse_existing_virtualenvs = True
 nox.options.sessions = ["tests", "lint", "typecheck"]
 
 PYPROJECT = nox.project.load_toml("pyproject.toml")
-
-#: Modules already clean under ``pyright`` (strict): checked on every run. The rest of ``src``
-#: is being rewritten; ``AIOWF_PYRIGHT=1`` checks all of it, and the public API's types.
-PYRIGHT_READY = [
-    f"src/aioworkflow/{name}.py"
-    for name in (
-        "__init__",
-        "__main__",
-        "_codec",
-        "_compiler",
-        "_dag",
-        "_demo",
-        "_encoder",
-        "_frozen",
-        "_graph",
-        "_redact",
-        "_walk",
-        "cli",
-        "errors",
-    )
-]
 
 
 def _install(session: nox.Session, *groups: str) -> None:
@@ -88,25 +66,23 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def typecheck(session: nox.Session) -> None:
-    """mypy --strict over src, tests, bench and this file, then pyright (strict).
+    """mypy --strict over src, tests, bench and this file; pyright (strict) over src; then
+    ``pyright --verifytypes`` on the public API (it must stay at 100%).
 
-    pyright checks ``PYRIGHT_READY``; with ``AIOWF_PYRIGHT=1`` it checks all of ``src`` and
-    then the public API's types with ``--verifytypes``. That one must see the package as a
-    plain directory with its ``py.typed``: an editable install's import hook hides it ("No
-    py.typed file found"), so ``src`` goes first on the interpreter's path.
+    verifytypes must see the package as a plain directory with its ``py.typed``: an editable
+    install's import hook hides it ("No py.typed file found"), so ``src`` goes first on the
+    interpreter's path.
     """
     _install(session, "typecheck", "bench")
     session.run("mypy", "--strict")
-    session.run("pyright", *PYRIGHT_READY)
-    if os.environ.get("AIOWF_PYRIGHT") == "1":
-        session.run("pyright")
-        session.run(
-            "pyright",
-            "--verifytypes",
-            "aioworkflow",
-            "--ignoreexternal",
-            env={"PYTHONPATH": str(Path("src").resolve())},
-        )
+    session.run("pyright")
+    session.run(
+        "pyright",
+        "--verifytypes",
+        "aioworkflow",
+        "--ignoreexternal",
+        env={"PYTHONPATH": str(Path("src").resolve())},
+    )
 
 
 @nox.session
