@@ -29,6 +29,7 @@ import redis.cluster
 from dramatiq.brokers.redis import RedisBroker
 
 from aioworkflow import Chain, Group, RedisStore, State, Workflow, WorkflowMiddleware
+from aioworkflow._store import _redis as _redis_module
 from aioworkflow.errors import ConfigurationError, StoreConnectionError, StoreError
 from tests._servers import (
     SERVICE,
@@ -310,8 +311,10 @@ def test_replicas_validated() -> None:
 
 @pytest.mark.parametrize("kind", ["wire", "redis-py"])
 async def test_a_missing_replica_acknowledgement_is_a_transient_error(
-    kind: str, started: list[RedisServer]
+    kind: str, started: list[RedisServer], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # (run() retries transient errors for a minute; a second is enough to see it give up)
+    monkeypatch.setattr(_redis_module, "SUBMIT_PATIENCE", 1.0)
     # Given a server without any replica and a store asking for one
     workdir = tempfile.mkdtemp(prefix="aiowf-conn-")
     sock = os.path.join(workdir, "redis.sock")

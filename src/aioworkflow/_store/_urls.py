@@ -92,9 +92,10 @@ def client_from_url(url: str, *, cluster: bool) -> Any:
                 raise BadURL(f"a Redis Cluster URL is redis:// or rediss://, not {scheme}://")
             return redis.cluster.RedisCluster.from_url(url)
         if scheme not in ("redis", "rediss", "unix"):
+            # the URL itself is not quoted: without "scheme://" nothing marks its password
             raise BadURL(
-                f"unsupported Redis URL scheme {scheme!r} in {redact_url(url)}: use redis://, "
-                "rediss://, unix:// or redis+sentinel://"
+                "unsupported Redis URL: use redis://, rediss://, unix:// or redis+sentinel:// "
+                "(the URL is not shown: it may hold a password)"
             )
         standalone: Any = redis.Redis  # from_url's kwargs are untyped
         return standalone.from_url(url)
