@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import asyncio
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
-import redis
 
 from aioworkflow import Chain, Group, compile
 from aioworkflow._codec import pack
 from aioworkflow._dag import spec_nodes
 from tests.test_stateful import ENGINES, Tokened, _leaf, _run_steps, _submit_one
+
+if TYPE_CHECKING:
+    import redis
 
 #: The width of the group before the piped step (``AIOWF_WIDE_N`` overrides it).
 WIDE = int(os.environ.get("AIOWF_WIDE_N") or 100_000)
