@@ -132,7 +132,7 @@ def measure(label: str, client: redis.Redis, fn: Any) -> Any:
         try:
             longest, name = longest_call_us(client)
             break
-        except redis.ResponseError:
+        except redis.RedisError:  # BUSY, or a read timeout while the script runs on
             time.sleep(0.1)
     print(
         f"  {label:<14} wall {wall * 1000:9.1f} ms   longest call {longest / 1000:8.1f} ms ({name}){error}"
