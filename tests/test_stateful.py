@@ -28,11 +28,11 @@ ready set (the queue holds the message), so ``reconcile`` finds nothing there an
 unclaimed entries of a paused or failed workflow to the held set. The model has one instance
 per mode for that reason.
 
-What it found is pinned below as minimal sequences marked ``xfail(strict=True)`` (they flip to
-failures once fixed): a stray delivery of an unreleased node while PAUSED/FAILED is held and
-then released early by resume/retry (every engine; the machine does not generate it unless
-``AIOWF_STATEFUL_KNOWN_BUGS=1``), and RedisStore counting claimed callbacks as running nodes
-(fixed: ``test_claimed_callbacks_do_not_count_as_running_nodes``). A third, found by hand while
+What it found is pinned below as minimal sequences (all fixed): a stray delivery of an
+unreleased node while PAUSED/FAILED was held and then released early by resume/retry (every
+engine: ``test_a_stray_copy_while_paused_is_not_released_early``; the machine now generates
+such deliveries in every state), and RedisStore counting claimed callbacks as running nodes
+(``test_claimed_callbacks_do_not_count_as_running_nodes``). A third, found by hand while
 writing this and outside the machine's operations: a delivery of an out-of-range node index
 is claimed and counted (Redis) or raises IndexError (memory).
 
@@ -104,9 +104,6 @@ RUNNING, PAUSED, SUCCEEDED, FAILED, CANCELLED = (
     "FAILED",
     "CANCELLED",
 )
-#: ``AIOWF_STATEFUL_KNOWN_BUGS=1`` also generates the deliveries that hit the known bug below
-#: (stray copies of unreleased nodes while PAUSED/FAILED): the machine then finds it.
-STRAY_GUARD = os.environ.get("AIOWF_STATEFUL_KNOWN_BUGS", "0") != "1"
 
 
 def _find(name: str) -> Any:
@@ -292,13 +289,13 @@ class Model:
         if self.state in (CANCELLED, SUCCEEDED):
             self.ready.discard(key)
             return ENDED, ()
+        if not self.unlocked(key):
+            return UNRELEASED, ()
         if self.state in (PAUSED, FAILED):
             self.ready.discard(key)
             self.claims.pop(key, None)
             self.held.add(key)
             return HELD, ()
-        if not self.unlocked(key):
-            return UNRELEASED, ()
         if self.claims.get(key, mid) != mid:
             return DUPLICATE, ()
         self.claims[key] = mid
@@ -716,12 +713,6 @@ class StoreMachine(RuleBasedStateMachine):
             "completed": sorted(model.done),
             "unreleased": [i for i in nodes if not model.unlocked(i)],
         }
-        if STRAY_GUARD and model.state in (PAUSED, FAILED):
-            # KNOWN BUG (both engines; see test_a_stray_copy_while_paused_is_not_released_early):
-            # a stray delivery of a node whose predecessors have not completed is held while
-            # the workflow is PAUSED or FAILED, and resume/retry then release it early. Not
-            # generated, so that everything else stays checked.
-            del groups["unreleased"]
         kind = data.draw(st.sampled_from([k for k, v in groups.items() if v]), label="kind")
         key = data.draw(st.sampled_from(groups[kind]), label="key")
         used = wf.mids.setdefault(key, [])
@@ -869,11 +860,7 @@ async def _submit_one(aio: Any, engine: str, canvas: Any, *, on_success: bool = 
     return qkeys
 
 
-_BUG = "stray copy of an unreleased node is held while PAUSED/FAILED, then released early"
-_ALL = [pytest.param(e, marks=pytest.mark.xfail(reason=_BUG, strict=True)) for e in ENGINES]
-
-
-@pytest.mark.parametrize("engine", _ALL)
+@pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("how", ["pause", "fail"])
 def test_a_stray_copy_while_paused_is_not_released_early(
     redis_client: redis.Redis, redis_url: str, engine: str, how: str

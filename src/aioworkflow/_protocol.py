@@ -190,6 +190,13 @@ def start_call(
     )
 
 
+#: Piped inputs of at most this many results travel in the claim's reply; a wider input (a
+#: step after a group of thousands) is read after the claim, PIPE_INLINE results per HMGET:
+#: the results of finished predecessors never change, and one script fetching 100,000 of them
+#: would hold Redis for over 100 ms.
+PIPE_INLINE = 2000
+
+
 def claim_call(
     workflow_id: str,
     node: int | str,

@@ -268,13 +268,14 @@ class MemoryStore:
             if decided is ClaimCode.ENDED:
                 wf.ready.pop(node, None)
                 return Claim(decided)
+            # only a released node may be held (resume/retry release the held set)
+            if wf.cnt[node] != 0:
+                return Claim(ClaimCode.UNRELEASED)
             if decided is ClaimCode.HELD:
                 wf.ready.pop(node, None)
                 wf.claims.pop(node, None)
                 wf.held.add(node)
                 return Claim(decided)
-            if wf.cnt[node] != 0:
-                return Claim(ClaimCode.UNRELEASED)
             prev = wf.claims.get(node)
             if prev is not None and prev != message_id:
                 return Claim(ClaimCode.DUPLICATE)

@@ -16,6 +16,7 @@
 -- The state alone decides ENDED and HELD (CLAIM_IN_STATE). A redelivery of the same message
 -- (same id: worker crash, dramatiq retry) may run again. Everything is read and checked before
 -- the first write.
+local PIPE_SLICE = 4000
 local state, total, mtok, succeeded = load_meta(F.total, F.msg_token, F.succeeded)
 if not state then return {CLAIM.MISSING} end
 local node, mid, tok = ARGV[2], ARGV[3], ARGV[4]
@@ -48,6 +49,10 @@ if state ~= S.PENDING then
     -- node, which finds the same key missing and applies T.lose
     if missing then return {CLAIM.LOST, missing} end
 end
+local unreleased = redis.call('BITFIELD', CNT, 'GET', 'u32', '#' .. node)[1] ~= 0
+-- only a released node may be held: resume/retry release the held set, so holding a stray copy
+-- of a node whose predecessors have not finished would release it early
+if unreleased then return {CLAIM.UNRELEASED} end
 if decided == CLAIM.HELD then
     redis.call('ZREM', READY, node)
     redis.call('HDEL', CLAIMS, node)
@@ -55,16 +60,15 @@ if decided == CLAIM.HELD then
     settle(state)
     return {decided}
 end
-if redis.call('BITFIELD', CNT, 'GET', 'u32', '#' .. node)[1] ~= 0 then
-    return {CLAIM.UNRELEASED}
-end
 local prev = redis.call('HGET', CLAIMS, node)
 if prev and prev ~= mid then return {CLAIM.DUPLICATE} end
 redis.call('HSET', CLAIMS, node, mid)
 redis.call('ZREM', READY, node)
-if #ARGV > 4 then
-    local reply = redis.call('HMGET', RES, unpack(ARGV, 5))
-    table.insert(reply, 1, CLAIM.RUN)
-    return reply
+-- the results in slices: unpack fails past ~8000 values, and a piped step after a wide group
+-- needs one result per branch
+local reply = {CLAIM.RUN}
+for lo = 5, #ARGV, PIPE_SLICE do
+    local part = redis.call('HMGET', RES, unpack(ARGV, lo, math.min(lo + PIPE_SLICE - 1, #ARGV)))
+    for i = 1, #part do reply[#reply + 1] = part[i] end
 end
-return {CLAIM.RUN}
+return reply

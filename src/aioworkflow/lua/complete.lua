@@ -40,8 +40,9 @@ local function count()
     if not missing and mode == MODE.DIRECT then
         local fields = {}
         if p and ON_RELEASE[state] == RELEASE.DISPATCH then fields = p.releases end
-        if cb then fields = {CB.SUCCESS, unpack(fields)} end
-        missing = missing_template(mode, fields)
+        -- on_success first, then the releases (two calls: no unpack of a wide release list)
+        if cb then missing = missing_template(mode, {CB.SUCCESS}) end
+        if not missing then missing = missing_template(mode, fields) end
     end
     if missing then
         local after, lost_cb = lose(state, mode, node, missing)
