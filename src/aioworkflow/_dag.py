@@ -66,6 +66,9 @@ class Node(NamedTuple):
     #: Where the piped input comes from (``Chain(pipe=True)``), or None. None is ambiguous: a
     #: node in ``Dag.pipes`` whose previous step was empty gets ``None`` as its piped argument.
     pipe: ResultSpec
+    #: The ``message_id`` of the message the user built ("" in a DAG stored before ids were
+    #: kept): every delivery of the node carries it, so dramatiq's ``Results`` finds the result.
+    message_id: str = ""
 
 
 def spec_nodes(spec: ResultSpec) -> list[int]:
@@ -103,6 +106,9 @@ class Dag:
     targets: tuple[int, ...]
     result: ResultSpec
     pred_counts: tuple[int, ...] = field(compare=False, default=())
+    #: Per task node, the ``message_id`` of the user's message (empty: not kept, as in a DAG
+    #: stored before ids were kept; its deliveries then get fresh ids).
+    ids: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         for name in _FROZEN_FIELDS:
@@ -169,6 +175,7 @@ class Dag:
             options,
             self.delays.get(i, 0),
             self.pipes.get(i),
+            self.ids[i] if self.ids else "",
         )
 
     @property
@@ -189,7 +196,7 @@ class Dag:
     # -- encoding --------------------------------------------------------------------------
     def encode(self) -> bytes:
         """The blob stored once per workflow (orjson + lz4 frame, versioned header)."""
-        doc = {
+        doc: dict[str, Any] = {
             "sh": [list(s) for s in self.shapes],
             "s": self.shape_of,
             "a": self.args,
@@ -201,6 +208,8 @@ class Dag:
             "t": self.targets,
             "r": self.result,
         }
+        if self.ids:
+            doc["i"] = self.ids
         return _codec.pack(doc)
 
     @classmethod
@@ -242,6 +251,7 @@ def make_dag(
     targets: tuple[int, ...],
     result: ResultSpec,
     pred_counts: tuple[int, ...] | None = None,
+    ids: tuple[str, ...] = (),
 ) -> Dag:
     """A :class:`Dag` of values already frozen with :func:`freeze` (by ``compile`` and
     ``Dag.decode``), without walking them again as ``Dag(...)`` does."""
@@ -257,6 +267,7 @@ def make_dag(
         "offsets": offsets,
         "targets": targets,
         "result": result,
+        "ids": ids,
     }
     for name, value in fields.items():
         object.__setattr__(dag, name, value)
@@ -356,6 +367,7 @@ def _from_doc(raw: object) -> Dag:
     if not _acyclic(offsets, targets, pred_counts):
         raise DecodeError("malformed DAG blob: the graph has a cycle")
     result = _check_spec(doc["r"], n)
+    ids = _ids(doc.get("i", ()), n)
     return make_dag(
         shapes=tuple((a, q, cast("FrozenDict[str, Any]", freeze(o))) for a, q, o in shapes),
         shape_of=shape_of,
@@ -370,7 +382,18 @@ def _from_doc(raw: object) -> Dag:
         targets=targets,
         result=freeze(result),
         pred_counts=tuple(pred_counts),
+        ids=ids,
     )
+
+
+def _ids(value: object, n: int) -> tuple[str, ...]:
+    """The message id column: absent in blobs written before ids were kept, else n strings."""
+    if value == ():
+        return ()
+    ids = _list(value, "message ids")
+    if len(ids) != n or not all(isinstance(i, str) for i in ids):
+        raise DecodeError("malformed DAG blob: message id column")
+    return cast("tuple[str, ...]", tuple(ids))
 
 
 def _acyclic(offsets: tuple[int, ...], targets: tuple[int, ...], pred_counts: list[int]) -> bool:
