@@ -130,8 +130,8 @@ def parse_ref(value: Any) -> Ref | str:
     if not isinstance(value, list):
         return "not a list"
     items: list[Any] = value  # pyright: ignore[reportUnknownVariableType]
-    if not 2 <= len(items) <= 4:
-        return "not a list of 2 to 4 elements"
+    if not 2 <= len(items) <= 5:
+        return "not a list of 2 to 5 elements"
     workflow_id, node, rest = items[0], items[1], items[2:]
     if not isinstance(workflow_id, str):
         return "the workflow id is not a string"
@@ -139,15 +139,18 @@ def parse_ref(value: Any) -> Ref | str:
         (isinstance(node, int) and node >= 0) or node in _CALLBACK_KEYS
     ):
         return f"node {node!r} is neither a node index nor a callback kind"
-    token = push = ""
-    if rest and isinstance(rest[0], str):
-        token = rest.pop(0)
-        if not token:
-            return "empty token"
-        if rest and isinstance(rest[0], str):
-            push = rest.pop(0)
-            if not push:
-                return "empty push id"
+    # then the token and the push id (strings), then the piped marker
+    strings: list[str] = []
+    for item in rest[:2]:
+        if not isinstance(item, str):
+            break
+        strings.append(item)
+    rest = rest[len(strings) :]
+    token, push = (*strings, "", "")[:2]
+    if strings and not token:
+        return "empty token"
+    if len(strings) == 2 and not push:
+        return "empty push id"
     if rest != [] and rest != [_PIPED]:
         return f"unexpected elements {rest!r}"
     return Ref(workflow_id, node, token, bool(rest), push)
@@ -361,7 +364,8 @@ def build_upload(
             )
     return Upload(
         meta=meta,
-        dag=dag.encode(),
+        # direct mode: the templates carry the message ids (ready mode: build_message reads them)
+        dag=dag.encode(ids=not direct),
         cnt=_u32(dag.pred_counts),
         off=_u32(dag.offsets),
         succ=_u32(dag.targets),

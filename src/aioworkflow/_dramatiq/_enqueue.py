@@ -74,15 +74,16 @@ def build_message(
         }
         return dramatiq.Message[Any](**fields), None
     node = loaded.dag.node(key)
-    ids: dict[str, str] = {"message_id": node.message_id} if node.message_id else {}
-    msg: dramatiq.Message[Any] = dramatiq.Message(
-        queue_name=node.queue_name,
-        actor_name=node.actor_name,
-        args=node.args,
-        kwargs=node.kwargs,
-        options={**node.options, OPTION: message_ref(workflow_id, key, loaded.token, push)},
-        **ids,
-    )
+    fields = {
+        "queue_name": node.queue_name,
+        "actor_name": node.actor_name,
+        "args": node.args,
+        "kwargs": node.kwargs,
+        "options": {**node.options, OPTION: message_ref(workflow_id, key, loaded.token, push)},
+    }
+    if node.message_id:  # else dramatiq draws one (a DAG stored before ids were kept)
+        fields["message_id"] = node.message_id
+    msg = dramatiq.Message[Any](**fields)
     return msg, node.delay or None
 
 
