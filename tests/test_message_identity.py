@@ -160,6 +160,28 @@ class TestMessageIdentity:
         assert all(isinstance(r, Ref) and r.piped for r in refs)
         assert _push(refs[0]) == _push(refs[1]) != ""
 
+    async def test_the_enqueue_hooks_see_the_ids_the_deliveries_carry(self, env: Env) -> None:
+        seen = Seen()
+        enqueued: list[str] = []
+
+        class Hook(dramatiq.Middleware):
+            def before_enqueue(
+                self, broker: dramatiq.Broker, message: dramatiq.Message[Any], delay: int
+            ) -> None:
+                enqueued.append(message.message_id)
+
+        env.broker.add_middleware(seen)
+        env.broker.add_middleware(Hook())
+        t = declare_task(env)
+        a, b, done = t.message("a"), t.message("b"), t.message("done")
+        env.worker()
+        handle = await Workflow(Chain(a, b), on_success=done).run()
+        assert (await handle.wait(timeout=30)).state is State.SUCCEEDED
+        await wait_for(lambda: len(seen.of(t.actor_name)) == 3, timeout=30)
+        users = {a.message_id, b.message_id, done.message_id}
+        assert set(enqueued) == users
+        assert {mid for _, mid, _ in seen.of(t.actor_name)} == users
+
     async def test_max_age_counts_from_the_nodes_enqueue(self, env: Env) -> None:
         ran: list[str] = []
         young = env.actor(ran.append, actor_name=f"young_{env.name}", max_age=60_000)
