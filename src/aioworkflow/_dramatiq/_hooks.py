@@ -15,6 +15,7 @@ the user's); ``delay`` is the node's own delay.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, final
 
@@ -78,7 +79,7 @@ def _stamp(
         options=dict(original),
     )
     if fields.get("message_id"):  # the id every delivery of the node carries
-        msg = msg.copy(message_id=fields["message_id"])
+        msg = dataclasses.replace(msg, message_id=fields["message_id"])
     broker.emit_before("enqueue", msg, delay)
     added = {
         k: v
