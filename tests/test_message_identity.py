@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from typing import TYPE_CHECKING, Any
 
 import dramatiq
@@ -208,6 +209,15 @@ class TestStoredIds:
         again = Dag.decode(dag.encode())
         assert again == dag
         assert again.ids == dag.ids
+
+    def test_ids_that_are_not_canonical_uuids_are_kept_as_they_are(self) -> None:
+        broker = StubBroker()
+        t = dramatiq.actor(actor_name="t", broker=broker)(_noop)
+        upper = str(uuid.uuid4()).upper()
+        for other in ("order-17", upper, "é" * 36, " " * 36):
+            a, b = t.message(1), t.message(2).copy(message_id=other)
+            dag = compile(Chain(a, b))
+            assert Dag.decode(dag.encode()).ids == (a.message_id, other)
 
     def test_a_dag_stored_without_ids_decodes_and_a_bad_id_column_is_refused(self) -> None:
         broker = StubBroker()

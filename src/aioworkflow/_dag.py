@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeAlias, cast, final
 
@@ -393,18 +392,28 @@ def _from_doc(raw: object) -> Dag:
     )
 
 
-#: Canonical uuid strings, as dramatiq draws message ids (``str(uuid.uuid4())``), back to back.
-_UUIDS = re.compile(r"(?:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})*")
-
-
 def _pack_ids(ids: tuple[str, ...]) -> str | tuple[str, ...]:
-    """The message id column as stored. dramatiq's ids are uuid strings (36 characters that do
-    not compress): packed as their 16 bytes each, base64 in one string (~21.3 bytes a node);
-    a column with any other id stays a list of strings."""
-    joined = "".join(ids)
-    if len(joined) != 36 * len(ids) or not _UUIDS.fullmatch(joined):
+    """The message id column as stored. dramatiq's ids are canonical uuid strings (36
+    characters that do not compress): packed as their 16 bytes each, base64 in one string
+    (~21.3 bytes a node); a column with any other id stays a list of strings."""
+    n = len(ids)
+    if set(map(len, ids)) != {36}:
         return ids
-    return base64.b64encode(bytes.fromhex(joined.replace("-", ""))).decode()
+    # checked with C-speed string operations (a regex over 3.6 MB takes ~70 ms)
+    joined = "".join(ids)
+    dashes = "-" * n
+    if any(joined[k::36] != dashes for k in (8, 13, 18, 23)):
+        return ids
+    digits = joined.replace("-", "")
+    if len(digits) != 32 * n or digits != digits.lower():
+        return ids
+    try:
+        raw = bytes.fromhex(digits)
+    except ValueError:
+        return ids
+    if len(raw) != 16 * n:  # fromhex skips whitespace
+        return ids
+    return base64.b64encode(raw).decode()
 
 
 def _ids(value: object, n: int) -> tuple[str, ...]:
