@@ -274,11 +274,6 @@ class TestWireSwitch:
 
 
 class TestMessageIdentity:
-    @pytest.mark.xfail(
-        strict=True,
-        reason="not built yet: each release gets a fresh message_id; keeping the user's needs a "
-        "per-delivery claim token (see docs/migrating.md, 'What differs')",
-    )
     async def test_results_middleware_finds_a_workflow_steps_result(
         self, env: Env, redis_url: str
     ) -> None:

@@ -185,7 +185,9 @@ class TestMessages:
             # node 0 (same args, same index) costs the same bytes in both workflows, and the
             # largest message only grows by the digits of its index and arguments
             assert sizes[0][0] == sizes[1][0], sizes
-            assert sizes[1][1] < 300
+            # (300 before messages kept the user's 36-character message_id and gained a push
+            # id in their ref: 281 -> 320 bytes here)
+            assert sizes[1][1] < 340
             client.close()
         finally:
             env.close()

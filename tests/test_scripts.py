@@ -135,12 +135,13 @@ class TestComplete:
 
 
 class TestDirectEnqueue:
-    async def test_released_messages_land_in_dramatiqs_queue_with_fresh_ids(
+    async def test_released_messages_land_in_dramatiqs_queue_with_fresh_push_ids(
         self, store: RedisStore, redis_client: redis.Redis
     ) -> None:
+        first = t.message(0)
         qkeys = await submit(
             store,
-            Chain(t.message(0), Group(t.message(1), WithDelay(t.message(2), delay=500))),
+            Chain(first, Group(t.message(1), WithDelay(t.message(2), delay=500))),
             direct=True,
         )
         ids = cast("list[bytes]", redis_client.lrange("dramatiq:default", 0, -1))
@@ -148,8 +149,10 @@ class TestDirectEnqueue:
         root = dramatiq.Message.decode(
             cast("bytes", redis_client.hget("dramatiq:default.msgs", ids[0]))
         )
-        assert root.options["redis_message_id"] == ids[0].decode() == root.message_id
-        assert root.options["aiowf"] == [WF, 0, TOKEN]
+        # a fresh push id (the broker's id and the claim key); the user's message id kept
+        assert root.options["redis_message_id"] == ids[0].decode() == f"{TOKEN}.0.1"
+        assert root.message_id == first.message_id
+        assert root.options["aiowf"] == [WF, 0, TOKEN, f"{TOKEN}.0.1"]
         assert root.args == (0,)
         store.sync.complete(WF, 0, None, qkeys, None, TOKEN)
         (delayed_id,) = cast("list[bytes]", redis_client.lrange("dramatiq:default.DQ", 0, -1))

@@ -408,6 +408,8 @@ class Workflow:
     delays: dict[int, int]
     #: Message ids used per node (claims with a repeated id pick from these).
     mids: dict[Key, list[str]] = field(default_factory=dict)
+    #: The DAG's message id column (the user's message ids every push keeps).
+    user_ids: tuple[str, ...] = ()
     #: Nodes that a claim told to run (a worker may complete or fail them).
     ran: set[int] = field(default_factory=set)
     #: Per engine: first releases of each node (by start/complete) and callback dispatches.
@@ -465,8 +467,9 @@ class StoreMachine(RuleBasedStateMachine):
         """What the direct engine pushed since the last call: (workflow id, node) counts.
 
         Checks each push is a well-formed RedisBroker message: the id is in the list and its
-        payload in the ``.msgs`` hash, ``redis_message_id == message_id == id``, never reused,
-        and a delayed node's payload carries its eta on the ``.DQ`` queue.
+        payload in the ``.msgs`` hash, ``redis_message_id == the ref's push id == id``, never
+        reused, the ``message_id`` the user's (the DAG's id column; the push id for a callback
+        built without one), and a delayed node's payload carries its eta on the ``.DQ`` queue.
         """
         pushed: Counter[tuple[str, Key]] = Counter()
         for queue in QUEUES:
@@ -482,12 +485,14 @@ class StoreMachine(RuleBasedStateMachine):
                 assert raw is not None, f"{rid} in {lkey} but not in {hkey}"
                 msg = orjson.loads(raw)
                 opts = msg["options"]
-                assert opts["redis_message_id"] == msg["message_id"] == rid
                 assert msg["queue_name"] == queue
-                wid, node, token = opts["aiowf"]
+                wid, node, token, push = opts["aiowf"]
+                assert opts["redis_message_id"] == push == rid
                 assert token == token_for(wid), "a pushed message carries its submission's token"
                 pushed[wid, node] += 1
                 wf = next(w for w in self.wfs if w.ids["direct"] == wid)
+                kept = wf.user_ids[node] if isinstance(node, int) and wf.user_ids else rid
+                assert msg["message_id"] == kept, "a push keeps the user's message id"
                 if isinstance(node, int):
                     delay = wf.delays.get(node, 0)
                     assert queue.endswith(".DQ") == bool(delay), (queue, node, delay)
@@ -682,6 +687,7 @@ class StoreMachine(RuleBasedStateMachine):
             models,
             queue_keys(NAMESPACE, list(uploads["direct"].slots)),
             {i: int(dag.delays.get(i, 0)) for i in range(len(dag))},
+            user_ids=dag.ids,
         )
         waits = [sorted(p) for p in models["ready"].tpreds]
         note(f"{base}: {len(dag)} nodes waiting for {waits}, callbacks {callbacks}")

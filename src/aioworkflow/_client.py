@@ -75,7 +75,7 @@ def _callback_fields(
         if cb is not None:
             out[str(kind)] = message_fields(
                 workflow_id, str(kind), cb.actor_name, cb.queue_name, (*cb.args, workflow_id),
-                cb.kwargs, cb.options,
+                cb.kwargs, cb.options, "", cb.message_id,
             )  # fmt: skip
     return out
 

@@ -518,6 +518,9 @@ def compile(canvas: Step, *, max_nodes: int = DEFAULT_MAX_NODES) -> Dag:
             sid = shape_ids[key] = len(shapes)
             shapes.append((m.actor_name, m.queue_name, freeze(opts)))
         shape_of.append(sid)
+    # The user's message ids, kept so that each delivery of a node carries its message's id
+    # (dramatiq's Results and id-keyed tools). A message-like leaf without a string id gets "".
+    ids = tuple(_message_id(m) for m in leaves)
 
     return make_dag(
         shapes=tuple(shapes),
@@ -530,4 +533,10 @@ def compile(canvas: Step, *, max_nodes: int = DEFAULT_MAX_NODES) -> Dag:
         offsets=tuple(offsets),
         targets=tuple(targets),
         result=_renumber(result, new),
+        ids=ids if any(ids) else (),
     )
+
+
+def _message_id(leaf: MessageLike) -> str:
+    value = getattr(leaf, "message_id", "")
+    return value if isinstance(value, str) else ""

@@ -192,7 +192,9 @@ class NodeOps:
         spec = ctx.loaded.dag.pipes.get(node) if isinstance(node, int) and not ref.piped else None
         wanted = spec_nodes(spec) if spec is not None else []
         claim = self.retrying(
-            lambda: self.store.sync.claim(workflow_id, node, message.message_id, wanted, ref.token),
+            lambda: self.store.sync.claim(
+                workflow_id, node, ref.claim_key(message.message_id), wanted, ref.token
+            ),
             patience,
         )
         if not claim.run:

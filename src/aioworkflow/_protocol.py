@@ -204,7 +204,10 @@ def claim_call(
     pipe_nodes: Sequence[int],
     token: str = "",
 ) -> ScriptCall:
-    """May delivery ``message_id`` of ``node`` run? Also fetch ``pipe_nodes``' results.
+    """May the delivery of ``node`` whose claim key is ``message_id`` run? Also fetch
+    ``pipe_nodes``' results.
+
+    The claim key is the ref's push id (``Ref.claim_key``), the message id for a ref without one.
 
     ``token`` is the delivery's message token ("" for a message without one).
     """

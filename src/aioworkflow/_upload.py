@@ -12,28 +12,34 @@ by ``_protocol``.
 Direct mode (a RedisBroker on the same Redis as the store, JSON encoding): scripts append
 released messages to dramatiq's queues themselves, so release and enqueue are one atomic step.
 A template is the JSON a RedisBroker would store, with three holes that Lua fills per push:
-``\\0I`` (a fresh message id, also the ``redis_message_id``), ``\\0T`` (the enqueue time) and
-``\\0E`` (the eta of a delayed node). orjson escapes control characters, so a raw NUL byte never
+``\\0I`` (a fresh push id: the ``redis_message_id`` and the ref's push id), ``\\0T`` (the enqueue
+time) and ``\\0E`` (the eta of a delayed node). The ``message_id`` is the one of the message
+the user built (the Dag's id column), the same in every push of the node. orjson escapes control characters, so a raw NUL byte never
 occurs in its output and the holes cannot collide with user data.
 
 Ready mode (any other broker, or Redis Cluster): scripts put released nodes in a ready set and
 reply with them; the worker enqueues them through the broker and the node's claim removes them.
 
 Every message names its workflow in the ``OPTION`` option, a :func:`message_ref`:
-``[workflow id, node, token]`` (node a ``CallbackKind`` value for the callbacks), with a fourth
-element ``1`` once a worker has appended the piped input to its arguments (a retried delivery
-must not get it twice). The token (``MetaField.MSG_TOKEN``, 16 hex digits drawn per
+``[workflow id, node, token, push id]`` (node a ``CallbackKind`` value for the callbacks), with
+a last element ``1`` once a worker has appended the piped input to its arguments (a retried
+delivery must not get it twice). The push id is fresh per push (the ``\\0I`` hole in direct
+mode, a uuid4 in ready mode) while the ``message_id`` is the user's, the same in every push: the
+claim script dedupes deliveries by the push id (a different one is a copy in flight, the same
+one a redelivery that may run again), by the ``message_id`` for a ref without one (queued
+before push ids existed: ``[workflow id, node, token]``). The token (``MetaField.MSG_TOKEN``, 16 hex digits drawn per
 submission) is checked by the claim, complete and fail scripts: a message of an earlier
 workflow that had the same id never matches. Messages of workflows stored before tokens
 existed are ``[workflow id, node]`` (``[workflow id, node, 1]`` piped), and their meta has no
-token: they keep working (:func:`parse_ref` reads both). The ids of the messages the scripts
-push are ``<token>.<node>.<seq>`` (the token makes them unique across workflows and keeps
-their length independent of the workflow id's), ``<workflow id>.<node>.<seq>`` without one.
+token: they keep working (:func:`parse_ref` reads both). The push ids the scripts draw
+are ``<token>.<node>.<seq>`` (the token makes them unique across workflows and keeps their
+length independent of the workflow id's), ``<workflow id>.<node>.<seq>`` without one.
 """
 
 from __future__ import annotations
 
 import secrets
+import uuid
 from array import array
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple, final
@@ -62,6 +68,7 @@ __all__ = [
     "message_fields",
     "message_ref",
     "new_message_token",
+    "new_push_id",
     "parse_ref",
     "piped_ref",
     "queue_slots",
@@ -82,9 +89,19 @@ def new_message_token() -> str:
     return secrets.token_hex(MESSAGE_TOKEN_CHARS // 2)
 
 
-def message_ref(workflow_id: str, node: int | str, token: str) -> list[Any]:
-    """The ``OPTION`` value of a node or callback message (``token`` "" : a legacy ref)."""
-    return [workflow_id, node, token] if token else [workflow_id, node]
+def message_ref(workflow_id: str, node: int | str, token: str, push: str = "") -> list[Any]:
+    """The ``OPTION`` value of a node or callback message (``token`` "" : a legacy ref).
+
+    ``push`` is the delivery's push id (the claim key); a ref without a token has none.
+    """
+    if not token:
+        return [workflow_id, node]
+    return [workflow_id, node, token, push] if push else [workflow_id, node, token]
+
+
+def new_push_id() -> str:
+    """A fresh push id for a message the worker enqueues (ready mode): a uuid4's hex digits."""
+    return uuid.uuid4().hex
 
 
 class Ref(NamedTuple):
@@ -97,6 +114,12 @@ class Ref(NamedTuple):
     token: str
     #: The piped input was already appended to the arguments.
     piped: bool
+    #: The push id, fresh per push ("" in refs queued before push ids): the claim key.
+    push: str = ""
+
+    def claim_key(self, message_id: str) -> str:
+        """What the claim dedupes this delivery by: its push id, else its ``message_id``."""
+        return self.push or message_id
 
 
 def parse_ref(value: Any) -> Ref | str:
@@ -107,8 +130,8 @@ def parse_ref(value: Any) -> Ref | str:
     if not isinstance(value, list):
         return "not a list"
     items: list[Any] = value  # pyright: ignore[reportUnknownVariableType]
-    if not 2 <= len(items) <= 4:
-        return "not a list of 2 to 4 elements"
+    if not 2 <= len(items) <= 5:
+        return "not a list of 2 to 5 elements"
     workflow_id, node, rest = items[0], items[1], items[2:]
     if not isinstance(workflow_id, str):
         return "the workflow id is not a string"
@@ -116,14 +139,21 @@ def parse_ref(value: Any) -> Ref | str:
         (isinstance(node, int) and node >= 0) or node in _CALLBACK_KEYS
     ):
         return f"node {node!r} is neither a node index nor a callback kind"
-    token = ""
-    if rest and isinstance(rest[0], str):
-        token = rest.pop(0)
-        if not token:
-            return "empty token"
+    # then the token and the push id (strings), then the piped marker
+    strings: list[str] = []
+    for item in rest[:2]:
+        if not isinstance(item, str):
+            break
+        strings.append(item)
+    rest = rest[len(strings) :]
+    token, push = (*strings, "", "")[:2]
+    if strings and not token:
+        return "empty token"
+    if len(strings) == 2 and not push:
+        return "empty push id"
     if rest != [] and rest != [_PIPED]:
         return f"unexpected elements {rest!r}"
-    return Ref(workflow_id, node, token, bool(rest))
+    return Ref(workflow_id, node, token, bool(rest), push)
 
 
 def ref_token(value: Any) -> str:
@@ -134,7 +164,7 @@ def ref_token(value: Any) -> str:
 
 def piped_ref(ref: Ref) -> list[Any]:
     """``ref`` as an ``OPTION`` value marked "piped input injected"."""
-    base = message_ref(ref.workflow_id, ref.node, ref.token)
+    base = message_ref(ref.workflow_id, ref.node, ref.token, ref.push)
     return [*base, _PIPED]
 
 
@@ -148,38 +178,60 @@ class Callback:
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
     options: dict[str, Any]
+    #: The user's message's id, kept by every delivery ("": a fresh one per delivery).
+    message_id: str = ""
 
 
 def message_fields(
     workflow_id: str, node: int | str, actor: str, queue: str,
     args: Sequence[Any], kwargs: Mapping[str, Any], options: Mapping[str, Any],
-    token: str = "",
+    token: str = "", message_id: str = "",
 ) -> dict[str, Any]:  # fmt: skip
-    """The dramatiq message fields (less ids and times) of a node or callback delivery."""
-    return {
+    """The dramatiq message fields (less times and push id) of a node or callback delivery.
+
+    ``message_id`` is the user's (kept by every delivery); "" leaves it out (a fresh one per
+    delivery).
+    """
+    fields: dict[str, Any] = {
         "queue_name": queue,
         "actor_name": actor,
         "args": list(args),
         "kwargs": dict(kwargs),
         "options": {**options, OPTION: message_ref(workflow_id, node, token)},
     }
+    if message_id:
+        fields["message_id"] = message_id
+    return fields
 
 
 def template(fields: Mapping[str, Any], *, delayed: bool) -> bytes:
-    """Render message fields as a RedisBroker payload with the ``\\0I``/``\\0T``/``\\0E`` holes."""
+    """Render message fields as a RedisBroker payload with the ``\\0I``/``\\0T``/``\\0E`` holes.
+
+    The push id (``\\0I``) is the ``redis_message_id`` and the last string of the ``OPTION``
+    ref (a ref without a token gets none); the ``message_id`` is ``fields["message_id"]`` when
+    given, else the push id too.
+    """
     options = dict(fields["options"])
+    ref = options.pop(OPTION)
     head = dumps_json({k: fields[k] for k in ("queue_name", "actor_name", "args", "kwargs")})
     opts = dumps_json(options)[:-1]
     sep = b"," if options else b""
+    # the ref as JSON with the push id's hole spliced in (orjson would escape a NUL)
+    ref_json = dumps_json(ref)[:-1] + (b',"\x00I"]' if len(ref) == 3 else b"]")
     eta = b',"eta":\x00E' if delayed else b""
+    mid = fields.get("message_id")
     return (
         head[:-1]
         + b',"options":'
         + opts
         + sep
-        + b'"redis_message_id":"\x00I"'
+        + b'"%s":' % OPTION.encode()
+        + ref_json
+        + b',"redis_message_id":"\x00I"'
         + eta
-        + b'},"message_id":"\x00I","message_timestamp":\x00T}'
+        + b'},"message_id":'
+        + (dumps_json(mid) if mid else b'"\x00I"')
+        + b',"message_timestamp":\x00T}'
     )
 
 
@@ -291,7 +343,7 @@ def build_upload(
             continue
         fields = message_fields(
             workflow_id, key, cb.actor_name, cb.queue_name, (*cb.args, workflow_id),
-            cb.kwargs, {**cb.options, **extra.get(str(key), {})}, token,
+            cb.kwargs, {**cb.options, **extra.get(str(key), {})}, token, cb.message_id,
         )  # fmt: skip
         stored[key] = fields
         meta[CALLBACK_FIELD[key]] = dumps_json(fields).decode()
@@ -305,13 +357,15 @@ def build_upload(
             fields = message_fields(
                 workflow_id, i, actor, eff, dag.args[i], dag.kwargs.get(i, {}),
                 {**options, **extra[i]} if i in extra else options, token,
+                dag.ids[i] if dag.ids else "",
             )  # fmt: skip
             templates[str(i)] = b"%d:%d:" % (slot_of[eff], delay) + template(
                 fields, delayed=bool(delay)
             )
     return Upload(
         meta=meta,
-        dag=dag.encode(),
+        # direct mode: the templates carry the message ids (ready mode: build_message reads them)
+        dag=dag.encode(ids=not direct),
         cnt=_u32(dag.pred_counts),
         off=_u32(dag.offsets),
         succ=_u32(dag.targets),

@@ -11,7 +11,7 @@ from dramatiq.encoder import JSONEncoder
 from aioworkflow._compiler import INTERNAL_OPTIONS
 from aioworkflow._encoder import LZ4JSONEncoder
 from aioworkflow._plan import OPTION, Callback
-from aioworkflow._upload import message_ref
+from aioworkflow._upload import message_ref, new_push_id
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
@@ -49,25 +49,41 @@ def as_callback(message: Any) -> Callback | None:
         return None
     msg: dramatiq.Message[Any] = message
     options = {k: v for k, v in msg.options.items() if k not in INTERNAL_OPTIONS}
-    return Callback(msg.actor_name, msg.queue_name, tuple(msg.args), dict(msg.kwargs), options)
+    return Callback(
+        msg.actor_name, msg.queue_name, tuple(msg.args), dict(msg.kwargs), options, msg.message_id
+    )
 
 
 def build_message(
     workflow_id: str, loaded: Loaded, key: int | str
 ) -> tuple[dramatiq.Message[Any], int | None]:
-    """The dramatiq message (and delay) for a released node or callback."""
+    """The dramatiq message (and delay) for a released node or callback.
+
+    It keeps the ``message_id`` of the message the user built (a fresh one when the workflow
+    was stored without it) and gets a fresh push id in its ref: the claim key that tells a
+    re-send (reconciler, retry, resume) from a redelivery of this very message. Its
+    ``message_timestamp`` is now, so ``max_age`` counts from the node's enqueue.
+    """
+    push = new_push_id()
     if isinstance(key, str):
         fields: dict[str, Any] = {**loaded.callbacks[key]}
         fields["args"] = tuple(fields["args"])
+        fields["options"] = {
+            **fields["options"],
+            OPTION: message_ref(workflow_id, key, loaded.token, push),
+        }
         return dramatiq.Message[Any](**fields), None
     node = loaded.dag.node(key)
-    msg: dramatiq.Message[Any] = dramatiq.Message(
-        queue_name=node.queue_name,
-        actor_name=node.actor_name,
-        args=node.args,
-        kwargs=node.kwargs,
-        options={**node.options, OPTION: message_ref(workflow_id, key, loaded.token)},
-    )
+    fields = {
+        "queue_name": node.queue_name,
+        "actor_name": node.actor_name,
+        "args": node.args,
+        "kwargs": node.kwargs,
+        "options": {**node.options, OPTION: message_ref(workflow_id, key, loaded.token, push)},
+    }
+    if node.message_id:  # else dramatiq draws one (a DAG stored before ids were kept)
+        fields["message_id"] = node.message_id
+    msg = dramatiq.Message[Any](**fields)
     return msg, node.delay or None
 
 

@@ -9,13 +9,13 @@ it reaches the actor on every delivery of that node (retries and ``retry()`` inc
 ``after_enqueue`` runs once the workflow is stored and started.
 
 Differences from a plain ``broker.enqueue``, documented in the README: the hooks see the node's
-message at submit, not when it is released; the ``message_id`` they see is not the one its
-deliveries carry (each push gets a fresh ``message_id``, as each release in ready mode
-does); ``delay`` is the node's own delay.
+message at submit, not when it is released (its ``message_id`` is the one its deliveries carry:
+the user's); ``delay`` is the node's own delay.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, final
 
@@ -78,6 +78,8 @@ def _stamp(
         kwargs=dict(fields["kwargs"]),
         options=dict(original),
     )
+    if fields.get("message_id"):  # the id every delivery of the node carries
+        msg = dataclasses.replace(msg, message_id=fields["message_id"])
     broker.emit_before("enqueue", msg, delay)
     added = {
         k: v
@@ -107,6 +109,7 @@ def stamp_direct(
             "args": node.args,
             "kwargs": node.kwargs,
             "options": {**node.options, OPTION: [workflow_id, i]},
+            "message_id": node.message_id,
         }
         _stamp(broker, fields, node.delay or None, stamped, i)
     for kind, cb_fields in callbacks.items():

@@ -17,7 +17,7 @@
 --   8 held    set     released while PAUSED or FAILED, released again by resume/retry
 --   9 res     hash    node -> result blob, only for nodes whose result is needed
 --  10 ev      stream  node and workflow events (EVENT_FIELD fields, EVENT codes)
---  11 claims  hash    node -> message id of the delivery that started it
+--  11 claims  hash    node -> claim key (push id) of the delivery that started it
 --  12 failed  set     failed nodes (cleared by retry)
 --  13 dag     string  the encoded DAG (never read by Lua; listed so PEXPIRE covers it)
 --  14 st      stream  workflow state changes only (what waiters block on)
@@ -163,7 +163,8 @@ local function id_prefix()
 end
 
 -- Render a stored template and append it to its dramatiq queue, as RedisBroker.enqueue
--- would: HSET <queue>.msgs id payload, RPUSH <queue> id. Every push gets a fresh id.
+-- would: HSET <queue>.msgs id payload, RPUSH <queue> id. Every push gets a fresh id: the
+-- redis_message_id and the ref's push id (the claim key); the message_id is in the template.
 local function push(field, now)
     local t = redis.call('HGET', TPL, field)
     if not t then return false end

@@ -1,6 +1,8 @@
 -- claim.lua: a worker is about to run a node's message; decide whether it may.
 -- KEYS: the 14 workflow keys (see _lib.lua)
--- ARGV: workflow id, node index (or a CB kind for a callback), message id, message token
+-- ARGV: workflow id, node index (or a CB kind for a callback), claim key (the delivery's push
+--       id: fresh per push, kept by redeliveries; the message id for a message queued before
+--       push ids, whose ref has none), message token
 --       ("" for a message without one), then the nodes whose stored results the node's piped
 --       input needs
 -- Reply: {code, results...} with a CLAIM code (_machine.ClaimCode):
@@ -14,12 +16,14 @@
 --   {CLAIM.LOST, key}: a key of the live workflow is missing (evicted): nothing written; the
 --     worker then runs fail.lua for the node, which applies T.lose
 -- The state alone decides ENDED and HELD (CLAIM_IN_STATE). A redelivery of the same message
--- (same id: worker crash, dramatiq retry) may run again. Everything is read and checked before
+-- (same claim key: worker crash, dramatiq retry) may run again; a re-send of the node
+-- (reconciler, retry, resume) has a new one. Every push keeps the user's message id, so the
+-- message id cannot tell them apart. Everything is read and checked before
 -- the first write.
 local PIPE_SLICE = 4000
 local state, total, mtok, succeeded = load_meta(F.total, F.msg_token, F.succeeded)
 if not state then return {CLAIM.MISSING} end
-local node, mid, tok = ARGV[2], ARGV[3], ARGV[4]
+local node, mid, tok = ARGV[2], ARGV[3], ARGV[4] -- mid: the claim key
 if not token_ok(mtok, tok) then return {CLAIM.REJECTED, REJECT.TOKEN} end
 if IS_CB[node] then
     redis.call('ZREM', READY, node)
