@@ -24,8 +24,10 @@ PUBLIC = [
     "MessageTooLarge",
     "Node",
     "NodeRef",
+    "Progress",
     "RedisStore",
     "ResultTooLarge",
+    "RunningNode",
     "State",
     "StoreConnectionError",
     "StoreError",
@@ -43,6 +45,7 @@ PUBLIC = [
     "WorkflowTimeout",
     "WorkflowTooLarge",
     "compile",
+    "report_progress",
 ]
 
 ERRORS = [

@@ -34,7 +34,7 @@ from ._observe import current_traceparent
 from ._plan import Callback, build_upload
 from ._status import Event, State, Transition, WorkflowStatus, status_from_meta
 from ._store._base import Loaded
-from ._upload import message_fields
+from ._upload import check_labels, check_name, message_fields
 from .errors import (
     ConfigurationError,
     MessageTooLarge,
@@ -46,7 +46,7 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
+    from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Mapping
 
     from ._store._base import StoreBackend
 
@@ -148,6 +148,11 @@ class Workflow:
             over slots. Anything else raises :class:`~aioworkflow.errors.ConfigurationError`.
         audit: log every node release as a ``node_released`` event (costs one stream entry
             per release; meant for tests and debugging).
+        name: a name for people and for ``list_workflows(name=)`` (1 to 200 characters; names
+            need not be unique).
+        labels: string keys and values (at most 32; keys of 1 to 64 characters without
+            ``=``, values of at most 200), shown in status and matched by
+            ``list_workflows(label=)``. Bad names or labels raise ``ConfigurationError``.
         max_message_bytes: the largest encoded arguments of one node; ``run()`` raises
             :class:`~aioworkflow.errors.MessageTooLarge` above it, before storing anything
             (brokers and Redis have hard limits; big data belongs in storage, passed by
@@ -166,13 +171,17 @@ class Workflow:
         id: str | None = None,
         audit: bool = False,
         max_message_bytes: int = MAX_MESSAGE_BYTES,
+        name: str | None = None,
+        labels: Mapping[str, str] | None = None,
     ) -> None:
         _check_step(canvas, "Workflow")
+        self.name = check_name(name)
+        self.labels = check_labels(labels)
         if id is not None:
             check_workflow_id(id)
-        for name, cb in (("on_success", on_success), ("on_failure", on_failure)):
+        for what, cb in (("on_success", on_success), ("on_failure", on_failure)):
             if cb is not None:
-                _check_step(cb, name)
+                _check_step(cb, what)
         self.canvas = canvas
         self.on_success = on_success
         self.on_failure = on_failure
@@ -244,6 +253,8 @@ class Workflow:
                 trace=trace,
                 stamped=None if stamped is None else stamped.options,
                 failed_retention_ms=getattr(store, "failed_retention_ms", None),
+                name=self.name,
+                labels=self.labels,
             )
             callbacks = {str(kind): fields for kind, fields in upload.callbacks.items()}
             mode = str(upload.meta["mode"])
@@ -306,7 +317,16 @@ class WorkflowHandle:
             WorkflowNotFound: no such workflow (never created, or expired).
             StoreUnavailable: the store stayed unavailable for ``PATIENCE`` seconds.
         """
-        return await _patiently(self.store, self._status)
+        return await _patiently(self.store, self._detailed)
+
+    async def _detailed(self) -> WorkflowStatus:
+        # status() shows which nodes run; waits poll _status, which skips that read
+        found = await self.store.aio().meta(self.id)
+        if found is None:
+            raise WorkflowNotFound(self.id)
+        meta, running = found
+        nodes = await self.store.aio().running_nodes(self.id) if running else ()
+        return status_from_meta(self.id, meta, running, nodes)
 
     async def _status(self) -> WorkflowStatus:
         found = await self.store.aio().meta(self.id)

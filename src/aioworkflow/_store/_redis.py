@@ -30,7 +30,7 @@ from aioworkflow._machine import (
     State,
 )
 from aioworkflow._protocol import BrokerAck, Claim, Completion, ScriptCall, SubmitCode
-from aioworkflow._status import Event
+from aioworkflow._status import Event, Progress, RunningNode
 from aioworkflow.errors import (
     DecodeError,
     StoreConnectionError,
@@ -96,10 +96,18 @@ _EVENT_KINDS: dict[bytes, EventKind] = {
     EventCode.NODE_FAILED.encode(): "node_failed",
     EventCode.STATE.encode(): "state",
     EventCode.NODE_RELEASED.encode(): "node_released",
+    EventCode.NODE_STARTED.encode(): "node_started",
+    EventCode.NODE_PROGRESS.encode(): "node_progress",
 }
 _EV_KIND = EVENT_FIELDS["kind"].encode()
 _EV_NODE = EVENT_FIELDS["node"].encode()
 _EV_STATE = EVENT_FIELDS["state"].encode()
+_EV_ATTEMPT = EVENT_FIELDS["attempt"].encode()
+_EV_DONE = EVENT_FIELDS["done"].encode()
+_EV_TOTAL = EVENT_FIELDS["total"].encode()
+_EV_NOTE = EVENT_FIELDS["note"].encode()
+_STARTED = EventCode.NODE_STARTED.encode()
+_PROGRESS = EventCode.NODE_PROGRESS.encode()
 #: What ``load`` reads from the meta hash.
 _LOAD_FIELDS = [
     MetaField.MODE,
@@ -216,9 +224,21 @@ class _SyncDriver:
         message_id: str,
         pipe_nodes: Sequence[int],
         token: str = "",
+        attempt: int = 1,
     ) -> Claim:
-        call = p.claim_call(workflow_id, node, message_id, pipe_nodes, token)
+        call = p.claim_call(workflow_id, node, message_id, pipe_nodes, token, attempt)
         return p.parse_claim(self._run(call))
+
+    def progress(
+        self,
+        workflow_id: str,
+        node: int,
+        message_id: str,
+        token: str,
+        progress: tuple[float, float | None, str | None],
+    ) -> bool:
+        call = p.progress_call(workflow_id, node, message_id, token, progress)
+        return p.parse_progress(self._run(call))
 
     def complete(
         self,
@@ -394,16 +414,21 @@ class _AsyncDriver:
                 if states_only:
                     out.append(Event(id=eid.decode(), kind="state", node=None, state=state))
                     continue
-                node = int(fields[_EV_NODE])
-                out.append(
-                    Event(
-                        id=eid.decode(),
-                        kind=_EVENT_KINDS[fields[_EV_KIND]],
-                        node=None if node < 0 else node,
-                        state=state,
-                    )
-                )
+                out.append(_event(eid, fields, state))
         return out
+
+    async def running_nodes(self, workflow_id: str) -> tuple[RunningNode, ...]:
+        keys = _keys.keys_of(workflow_id)
+        with map_exceptions():
+            claimed: dict[bytes, bytes] = await self._client.hgetall(keys.claims)
+            nodes = sorted(int(k) for k in claimed if k.isdigit())
+            if not nodes:
+                return ()
+            # the start and progress of each running node are its latest events: read the
+            # stream backwards, at most RUNNING_SCAN entries (bounded work per status call)
+            entries: list[Any] = await self._client.xrevrange(keys.ev, count=RUNNING_SCAN)
+        loaded = await self.load(workflow_id)
+        return running_from_events(nodes, entries, loaded)
 
     async def last_event_id(self, workflow_id: str, *, states_only: bool = False) -> str:
         keys = _keys.keys_of(workflow_id)
@@ -411,6 +436,73 @@ class _AsyncDriver:
         with map_exceptions():
             last = await self._client.xrevrange(key, count=1)
         return last[0][0].decode() if last else "0"
+
+
+def _event(eid: bytes, fields: dict[bytes, bytes], state: State) -> Event:
+    node = int(fields[_EV_NODE])
+    kind = _EVENT_KINDS[fields[_EV_KIND]]
+    attempt = fields.get(_EV_ATTEMPT)
+    return Event(
+        id=eid.decode(),
+        kind=kind,
+        node=None if node < 0 else node,
+        state=state,
+        attempt=None if attempt is None else int(attempt),
+        progress=_progress(fields) if kind == "node_progress" else None,
+    )
+
+
+def _progress(fields: dict[bytes, bytes]) -> Progress:
+    total, note = fields.get(_EV_TOTAL), fields.get(_EV_NOTE)
+    return Progress(
+        done=_number(fields.get(_EV_DONE, b"0")),
+        total=None if total is None else _number(total),
+        note=None if note is None else note.decode(errors="replace"),
+    )
+
+
+def _number(raw: bytes) -> float:
+    value = float(raw)
+    return int(value) if value.is_integer() else value
+
+
+#: Events read back by ``running_nodes`` to find each running node's start and progress.
+RUNNING_SCAN = 2000
+
+
+def running_from_events(
+    nodes: list[int], entries: list[Any], loaded: Loaded | None
+) -> tuple[RunningNode, ...]:
+    """RunningNodes of ``nodes`` from the newest-first events stream ``entries``."""
+    wanted = set(nodes)
+    started: dict[int, tuple[int, int | None]] = {}
+    progress: dict[int, Progress] = {}
+    for eid, fields in entries:
+        node = int(fields[_EV_NODE])
+        if node not in wanted or node in started:
+            continue  # an older run's events, once the latest start was seen
+        kind = fields[_EV_KIND]
+        if kind == _STARTED:
+            attempt = fields.get(_EV_ATTEMPT)
+            started[node] = (int(eid.split(b"-")[0]), None if attempt is None else int(attempt))
+        elif kind == _PROGRESS and node not in progress:
+            progress[node] = _progress(fields)
+    out: list[RunningNode] = []
+    for node in nodes:
+        at, attempt = started.get(node, (None, None))
+        actor = ""
+        if loaded is not None and node < len(loaded.dag):
+            actor = loaded.dag.shapes[loaded.dag.shape_of[node]][0]
+        out.append(
+            RunningNode(
+                node=node,
+                actor=actor,
+                started=at,
+                attempt=attempt,
+                progress=progress.get(node) if node in started else None,
+            )
+        )
+    return tuple(out)
 
 
 @final

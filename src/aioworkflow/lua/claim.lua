@@ -1,8 +1,8 @@
 -- claim.lua: a worker is about to run a node's message; decide whether it may.
 -- KEYS: the 14 workflow keys (see _lib.lua)
 -- ARGV: workflow id, node index (or a CB kind for a callback), message id, message token
---       ("" for a message without one), then the nodes whose stored results the node's piped
---       input needs
+--       ("" for a message without one), attempt (1 for a first delivery, dramatiq's retries + 1),
+--       then the nodes whose stored results the node's piped input needs
 -- Reply: {code, results...} with a CLAIM code (_machine.ClaimCode):
 --   CLAIM.RUN: run it (results follow, in ARGV order, nil where missing)
 --   CLAIM.DONE: the node already completed        CLAIM.ENDED: workflow cancelled/succeeded
@@ -13,6 +13,8 @@
 --     REJECT.NODE: not a node index 0 <= n < total); nothing written
 --   {CLAIM.LOST, key}: a key of the live workflow is missing (evicted): nothing written; the
 --     worker then runs fail.lua for the node, which applies T.lose
+-- A task node that may RUN gets an EVENT.NODE_STARTED entry with its attempt (every run, a
+-- redelivery of the same message too: it runs again).
 -- The state alone decides ENDED and HELD (CLAIM_IN_STATE). A redelivery of the same message
 -- (same id: worker crash, dramatiq retry) may run again. Everything is read and checked before
 -- the first write.
@@ -30,7 +32,7 @@ if IS_CB[node] then
 end
 local v = task_node(node, total)
 if not v then return {CLAIM.REJECTED, REJECT.NODE} end
-for i = 5, #ARGV do
+for i = 6, #ARGV do
     if not task_node(ARGV[i], total) then return {CLAIM.REJECTED, REJECT.NODE} end
 end
 if redis.call('GETBIT', DONE, v) == 1 then
@@ -60,11 +62,15 @@ if redis.call('BITFIELD', CNT, 'GET', 'u32', '#' .. node)[1] ~= 0 then
 end
 local prev = redis.call('HGET', CLAIMS, node)
 if prev and prev ~= mid then return {CLAIM.DUPLICATE} end
+-- the attempt only labels the event: anything but a small positive integer reads as 1
+local attempt = string.match(ARGV[5] or '', '^[1-9]%d?%d?%d?%d?%d?$') or '1'
+local reply = {CLAIM.RUN}
+if #ARGV > 5 then
+    reply = redis.call('HMGET', RES, unpack(ARGV, 6))
+    table.insert(reply, 1, CLAIM.RUN)
+end
 redis.call('HSET', CLAIMS, node, mid)
 redis.call('ZREM', READY, node)
-if #ARGV > 4 then
-    local reply = redis.call('HMGET', RES, unpack(ARGV, 5))
-    table.insert(reply, 1, CLAIM.RUN)
-    return reply
-end
-return {CLAIM.RUN}
+redis.call('XADD', EV, 'MAXLEN', '~', EV_MAXLEN, '*', EVENT_FIELD.kind, EVENT.NODE_STARTED,
+    EVENT_FIELD.node, v, EVENT_FIELD.state, state, EVENT_FIELD.attempt, attempt)
+return reply
