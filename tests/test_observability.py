@@ -25,8 +25,8 @@ if TYPE_CHECKING:
     from tests.conftest import Env
 
 
-async def until(predicate: Any, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
+async def until(predicate: Any) -> None:
+    deadline = time.monotonic() + 20
     while not await predicate():
         assert time.monotonic() < deadline, "condition not reached in time"
         await asyncio.sleep(0.02)

@@ -45,6 +45,8 @@ PUBLIC = [
     "WorkflowTimeout",
     "WorkflowTooLarge",
     "compile",
+    "list_workflows",
+    "list_workflows_sync",
     "report_progress",
 ]
 

@@ -164,6 +164,14 @@ class AsyncStore(Protocol):
         """The workflow's meta hash and its count of running nodes (None: no such workflow)."""
         ...
 
+    async def index_page(
+        self, cursor: tuple[int, str] | None, since_ms: int, count: int
+    ) -> list[tuple[int, str, tuple[dict[str, str], int] | None]]:
+        """Up to ``count`` workflows submitted at ``since_ms`` or later, newest first, after
+        ``cursor`` (the (submit ms, id) of the previous page's last entry), each with its meta
+        and running count (None: it expired; the index forgets it)."""
+        ...
+
     async def running_nodes(self, workflow_id: str) -> tuple[RunningNode, ...]:
         """The workflow's running nodes, by node index (empty: none or no such workflow)."""
         ...

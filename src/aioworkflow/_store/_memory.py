@@ -515,6 +515,24 @@ class _AsyncMemory:
     async def running_nodes(self, workflow_id: str) -> tuple[RunningNode, ...]:
         return self._s.running_nodes(workflow_id)
 
+    async def index_page(
+        self, cursor: tuple[int, str] | None, since_ms: int, count: int
+    ) -> list[tuple[int, str, tuple[dict[str, str], int] | None]]:
+        # the twin of _index.index_page: expired workflows are dropped by _get
+        with self._s._lock:
+            found: list[tuple[int, str, tuple[dict[str, str], int] | None]] = []
+            for wid in list(self._s._wfs):
+                wf = self._s._get(wid)
+                if wf is None:
+                    continue
+                entry = (int(wf.meta[MetaField.CREATED]), wid)
+                if entry[0] < since_ms or (cursor is not None and entry >= cursor):
+                    continue
+                running = len([c for c in wf.claims if isinstance(c, int)])
+                found.append((*entry, (dict(wf.meta), running)))
+        found.sort(key=lambda e: (e[0], e[1]), reverse=True)
+        return found[:count]
+
     async def control(self, op: str, workflow_id: str, queue_keys: list[str]) -> Completion:
         return self._s.control(op, workflow_id)
 

@@ -40,6 +40,7 @@ from aioworkflow.errors import (
 )
 
 from ._base import DEFAULT_FAILED_RETENTION, DEFAULT_RETENTION, Loaded, retention_ms
+from ._index import Entry, index_page
 from ._policy import EvictionCheck
 from ._scripts import SOURCES, ScriptName, explain
 from ._wire import WireScripts, reply_error
@@ -344,7 +345,12 @@ class _AsyncDriver:
                     await c.hset(keys.tpl, mapping=dict(items[i : i + TEMPLATE_CHUNK]))
                 if items:
                     await c.pexpire(keys.tpl, retention)
-                await c.zadd(_keys.ACTIVE, {workflow_id: int(time.time() * 1000)})
+                # the reconciler's set and the listing index (_index.py), in one round trip
+                created = int(upload.meta[MetaField.CREATED])
+                pipe = c.pipeline(transaction=False)
+                pipe.zadd(_keys.ACTIVE, {workflow_id: int(time.time() * 1000)})
+                pipe.zadd(_keys.index_key(workflow_id), {workflow_id: created})
+                await pipe.execute()
         roots = list(upload.roots)
         first = await self._call(p.start_call(workflow_id, True, 0, roots[:ROOT_CHUNK], queue_keys))
         done = p.parse_start(first)
@@ -369,6 +375,12 @@ class _AsyncDriver:
             return None
         running = int(claims) - sum(map(bool, callbacks))  # task nodes only, as MemoryStore
         return {k.decode(): v.decode(errors="replace") for k, v in raw.items()}, running
+
+    async def index_page(
+        self, cursor: tuple[int, str] | None, since_ms: int, count: int
+    ) -> list[Entry]:
+        with map_exceptions():
+            return await index_page(self._client, cursor, since_ms, count)
 
     async def control(self, op: str, workflow_id: str, queue_keys: list[str]) -> Completion:
         done = p.parse_control(await self._call(p.control_call(op, workflow_id, queue_keys)))
