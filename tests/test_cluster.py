@@ -919,3 +919,21 @@ def test_the_monitor_checker_catches_undeclared_and_cross_slot_keys(cluster: Clu
     # and a real MONITOR line parses into the command and its arguments
     line = '+1795425078.837325 [0 lua] "set" "k1" "a\\"b\\\\"'
     assert parse_monitor_line(line) == Seen(True, ("set", "k1", 'a\\"b\\\\'))
+
+
+async def test_listing_on_a_cluster_reads_every_index_shard(cluster: Cluster) -> None:
+    """list_workflows on Redis Cluster: the index shards live on several nodes, each entry is
+    written by the client at submit (no script crosses a slot), and listing finds them all."""
+    shard_nodes = {cluster.owner(key_slot(k.encode())) for k in _keys.index_keys()}
+    assert len(shard_nodes) > 1  # the index is spread over the cluster
+    async with cluster_rig(cluster) as r:
+        ids = ids_on_every_shard(cluster, 12)
+        for i, wid in enumerate(ids):
+            handle = await Workflow(Chain(), id=wid, name="cl", labels={"n": str(i % 2)}).run(
+                broker=r.broker, store=r.store
+            )
+            assert (await handle.wait(timeout=30)).state is State.SUCCEEDED
+        listed = [st async for st in aioworkflow.list_workflows(store=r.store, limit=None)]
+        assert sorted(st.id for st in listed) == sorted(ids)
+        odd = [st async for st in aioworkflow.list_workflows(store=r.store, label="n=1")]
+        assert sorted(st.id for st in odd) == sorted(ids[1::2])

@@ -13,7 +13,7 @@ import datetime as dt
 import re
 import time
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from ._client import _portal_call, _resolve  # pyright: ignore[reportPrivateUsage]
 from ._machine import State
@@ -56,7 +56,7 @@ def _since_ms(since: float | dt.timedelta | dt.datetime | None) -> int:
             raise ConfigurationError("since= as a datetime must be timezone-aware")
         return int(since.timestamp() * 1000)
     seconds: object = since.total_seconds() if isinstance(since, dt.timedelta) else since
-    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds < 0:
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds < 0:  # pyright: ignore[reportUnnecessaryIsInstance] - callers may pass anything
         raise ConfigurationError(f"since= is a non-negative number of seconds, not {since!r}")
     return int((time.time() - seconds) * 1000)
 
@@ -76,7 +76,7 @@ def _labels(label: Mapping[str, str] | str | Iterable[str] | None) -> dict[str, 
     if label is None:
         return {}
     if isinstance(label, Mapping):
-        return check_labels(label)
+        return check_labels(cast("Mapping[object, object]", label))
     pairs = [label] if isinstance(label, str) else list(label)
     out: dict[str, str] = {}
     for pair in pairs:

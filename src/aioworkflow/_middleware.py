@@ -51,11 +51,11 @@ import dramatiq
 from dramatiq.errors import ActorNotFound, BrokerConnectionError
 from dramatiq.middleware import MiddlewareError
 
-from . import _progress
 from ._context import ContextCache
 from ._dramatiq import AckShortcut, direct_mode, failure_of
 from ._nodes import NodeOps
 from ._plan import OPTION
+from ._progress import Reporter, activate, finish
 from ._reconciler import Reconciler
 from ._upload import ref_token
 from .errors import ConfigurationError, StoreUnavailable
@@ -223,10 +223,8 @@ class WorkflowMiddleware(dramatiq.Middleware):
         except Exception as exc:
             raise _ClaimFailed(f"could not claim {message}: {exc!r}") from exc
         # a task node: report_progress reaches the store (a callback: it does nothing)
-        _progress.activate(
-            _progress.Reporter(
-                self._nodes.store.sync, ref[0], ref[1], message.message_id, ref_token(ref)
-            )
+        activate(
+            Reporter(self._nodes.store.sync, ref[0], ref[1], message.message_id, ref_token(ref))
             if isinstance(ref[1], int)
             else None
         )
@@ -243,7 +241,7 @@ class WorkflowMiddleware(dramatiq.Middleware):
         ref = message.options.get(OPTION)
         if ref is None:
             return
-        _progress.finish()  # the last report lands before the completion's node_succeeded
+        finish()  # the last report lands before the completion's node_succeeded
         self._nodes.observe.ran(message, exception)  # observability hook: ends the node's span
         if exception is None and isinstance(ref[1], int):
             try:
@@ -264,7 +262,7 @@ class WorkflowMiddleware(dramatiq.Middleware):
     def after_skip_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
         """A delivery skipped by another middleware (AgeLimit) may be a final failure."""
         self._nodes.observe.ran(message, None)  # observability hook: ends the node's span
-        _progress.finish()
+        finish()
         if OPTION in message.options and message.failed:
             self._remember(message, None, failure_of(message))
 
