@@ -23,6 +23,7 @@ from aioworkflow import (
 )
 from aioworkflow._listing import parse_duration
 from aioworkflow.errors import ConfigurationError
+from tests.conftest import poll_until
 
 if TYPE_CHECKING:
     from aioworkflow import WorkflowStatus
@@ -115,6 +116,18 @@ class TestListing:
         assert await listed(since=dt.timedelta(hours=1), limit=None) == every
         future = dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
         assert await listed(since=future) == []
+        if env.name == "rabbitmq":
+            # the delayed messages must not outlive the test on the shared RabbitMQ: a later
+            # test's worker would enqueue them (through its hooks) when they fall due
+            for worker in env.workers:
+                worker.stop()  # its unacked (delayed) messages go back to the queues
+            env.workers.clear()
+
+            def drained() -> bool:
+                env.broker.flush_all()
+                return sum(env.broker.get_queue_message_counts("default")) == 0
+
+            await poll_until(drained, 10, "the delayed messages to be purged")
 
     async def test_expired_workflows_leave_the_listing_and_the_index(
         self, env: Env, redis_url: str

@@ -28,7 +28,7 @@ from ._dramatiq import Route, as_callback, direct_mode, route_for
 from ._dramatiq._hooks import Stamped, stamp_direct
 from ._graph import Step, _check_step  # pyright: ignore[reportPrivateUsage] - _graph's own check
 from ._keys import check_workflow_id
-from ._machine import CallbackKind
+from ._machine import CallbackKind, MetaField
 from ._middleware import find_store
 from ._observe import current_traceparent
 from ._plan import Callback, build_upload
@@ -298,6 +298,7 @@ class WorkflowHandle:
         self.id = id
         self.broker, self.store = _resolve(broker, store)
         self._cache: tuple[Loaded, Route] | None = None
+        self._dag: Loaded | None = None  # for status()'s actor names
 
     def __repr__(self) -> str:
         return f"<WorkflowHandle {self.id}>"
@@ -325,7 +326,14 @@ class WorkflowHandle:
         if found is None:
             raise WorkflowNotFound(self.id)
         meta, running = found
-        nodes = await self.store.aio().running_nodes(self.id) if running else ()
+        if not running:
+            return status_from_meta(self.id, meta, running)
+        # actor names come from the DAG: loaded once per handle (a watch asks ten times a
+        # second), again only if the id now names another submission
+        loaded = self._cache[0] if self._cache is not None else self._dag
+        if loaded is None or loaded.token != meta.get(MetaField.MSG_TOKEN, ""):
+            loaded = self._dag = await self.store.aio().load(self.id)
+        nodes = await self.store.aio().running_nodes(self.id, loaded)
         return status_from_meta(self.id, meta, running, nodes)
 
     async def _status(self) -> WorkflowStatus:

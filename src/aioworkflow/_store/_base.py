@@ -172,8 +172,11 @@ class AsyncStore(Protocol):
         and running count (None: it expired; the index forgets it)."""
         ...
 
-    async def running_nodes(self, workflow_id: str) -> tuple[RunningNode, ...]:
-        """The workflow's running nodes, by node index (empty: none or no such workflow)."""
+    async def running_nodes(
+        self, workflow_id: str, loaded: Loaded | None = None
+    ) -> tuple[RunningNode, ...]:
+        """The workflow's running nodes, by node index (empty: none or no such workflow);
+        ``loaded`` (the workflow's, if the caller has it) names their actors."""
         ...
 
     async def control(self, op: str, workflow_id: str, queue_keys: list[str]) -> Completion:

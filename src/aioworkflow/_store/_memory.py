@@ -512,8 +512,10 @@ class _AsyncMemory:
                 return None
             return dict(wf.meta), len([c for c in wf.claims if isinstance(c, int)])
 
-    async def running_nodes(self, workflow_id: str) -> tuple[RunningNode, ...]:
-        return self._s.running_nodes(workflow_id)
+    async def running_nodes(
+        self, workflow_id: str, loaded: Loaded | None = None
+    ) -> tuple[RunningNode, ...]:
+        return self._s.running_nodes(workflow_id)  # its own DAG: always the right one
 
     async def index_page(
         self, cursor: tuple[int, str] | None, since_ms: int, count: int

@@ -429,7 +429,9 @@ class _AsyncDriver:
                 out.append(_event(eid, fields, state))
         return out
 
-    async def running_nodes(self, workflow_id: str) -> tuple[RunningNode, ...]:
+    async def running_nodes(
+        self, workflow_id: str, loaded: Loaded | None = None
+    ) -> tuple[RunningNode, ...]:
         keys = _keys.keys_of(workflow_id)
         with map_exceptions():
             claimed: dict[bytes, bytes] = await self._client.hgetall(keys.claims)
@@ -439,7 +441,8 @@ class _AsyncDriver:
             # the start and progress of each running node are its latest events: read the
             # stream backwards, at most RUNNING_SCAN entries (bounded work per status call)
             entries: list[Any] = await self._client.xrevrange(keys.ev, count=RUNNING_SCAN)
-        loaded = await self.load(workflow_id)
+        if loaded is None:
+            loaded = await self.load(workflow_id)
         return running_from_events(nodes, entries, loaded)
 
     async def last_event_id(self, workflow_id: str, *, states_only: bool = False) -> str:
