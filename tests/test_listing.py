@@ -123,9 +123,11 @@ class TestListing:
                 worker.stop()  # its unacked (delayed) messages go back to the queues
             env.workers.clear()
 
+            rabbit: Any = env.broker
+
             def drained() -> bool:
-                env.broker.flush_all()
-                return sum(env.broker.get_queue_message_counts("default")) == 0
+                rabbit.flush_all()
+                return sum(rabbit.get_queue_message_counts("default")) == 0
 
             await poll_until(drained, 10, "the delayed messages to be purged")
 
