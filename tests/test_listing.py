@@ -127,7 +127,8 @@ class TestListing:
 
             def drained() -> bool:
                 rabbit.flush_all()
-                return sum(rabbit.get_queue_message_counts("default")) == 0
+                counts: tuple[int, ...] = rabbit.get_queue_message_counts("default")
+                return sum(counts) == 0
 
             await poll_until(drained, 10, "the delayed messages to be purged")
 
