@@ -576,6 +576,7 @@ async def cluster_rig(cluster: Cluster) -> AsyncIterator[Rig]:
         return leaf(label, *piped)
 
     def gate(label: int, *piped: Any) -> int:
+        aioworkflow.report_progress(0, note="at the gate")  # progress.lua runs in cluster mode
         if not gates["open"].wait(20):
             raise RuntimeError("the gate was never opened")
         return leaf(label, *piped)
@@ -928,12 +929,14 @@ async def test_listing_on_a_cluster_reads_every_index_shard(cluster: Cluster) ->
     assert len(shard_nodes) > 1  # the index is spread over the cluster
     async with cluster_rig(cluster) as r:
         ids = ids_on_every_shard(cluster, 12)
+        name = f"cl-{uuid.uuid4().hex}"  # the cluster is shared by the module's tests
         for i, wid in enumerate(ids):
-            handle = await Workflow(Chain(), id=wid, name="cl", labels={"n": str(i % 2)}).run(
+            handle = await Workflow(Chain(), id=wid, name=name, labels={"n": str(i % 2)}).run(
                 broker=r.broker, store=r.store
             )
             assert (await handle.wait(timeout=30)).state is State.SUCCEEDED
-        listed = [st async for st in aioworkflow.list_workflows(store=r.store, limit=None)]
+        found = aioworkflow.list_workflows(store=r.store, name=name, limit=None)
+        listed = [st async for st in found]
         assert sorted(st.id for st in listed) == sorted(ids)
-        odd = [st async for st in aioworkflow.list_workflows(store=r.store, label="n=1")]
+        odd = [st async for st in aioworkflow.list_workflows(store=r.store, name=name, label="n=1")]
         assert sorted(st.id for st in odd) == sorted(ids[1::2])
