@@ -260,7 +260,9 @@ class TestProtocol:
         assert call.script is p.ScriptName.COMPLETE
         assert call.keys == (*workflow_keys(WF), "q", "q.msgs", "a", "m", "h")
         assert call.args == (WF, 3, b"r", 1, "", "mid", "bid", 7)
-        assert p.claim_call(WF, "s", "m", [1, 2]).args == (WF, "s", "m", "", 1, 2)
+        # ARGV 5 is the attempt (issue 18), then the piped nodes
+        assert p.claim_call(WF, "s", "m", [1, 2]).args == (WF, "s", "m", "", 1, 1, 2)
+        assert p.claim_call(WF, 0, "m", [], "t", 3).args == (WF, 0, "m", "t", 3)
         assert p.control_call("retry", WF, []).script is p.ScriptName.RETRY
         with pytest.raises(ValueError, match="not a control operation"):
             p.control_call("start", WF, [])

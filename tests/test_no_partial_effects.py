@@ -160,7 +160,8 @@ class TestRejectedWritesNothing:
     ) -> None:
         token, _ = await running(store)
         before = snapshot(redis_client)
-        reply = run(store, ScriptName.CLAIM, (WF, "0", "m1", token, "7"), [])
+        # ARGV 5 is the attempt (issue 18); the piped nodes follow
+        reply = run(store, ScriptName.CLAIM, (WF, "0", "m1", token, "1", "7"), [])
         assert reply[0] == ClaimCode.REJECTED
         assert_unchanged(before, snapshot(redis_client))
 

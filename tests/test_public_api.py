@@ -24,8 +24,10 @@ PUBLIC = [
     "MessageTooLarge",
     "Node",
     "NodeRef",
+    "Progress",
     "RedisStore",
     "ResultTooLarge",
+    "RunningNode",
     "State",
     "StoreBusy",
     "StoreConnectionError",
@@ -45,6 +47,9 @@ PUBLIC = [
     "WorkflowTimeout",
     "WorkflowTooLarge",
     "compile",
+    "list_workflows",
+    "list_workflows_sync",
+    "report_progress",
 ]
 
 ERRORS = [

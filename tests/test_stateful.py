@@ -300,6 +300,7 @@ class Model:
             return DUPLICATE, ()
         self.claims[key] = mid
         self.ready.discard(key)
+        self._event("node_started", key)  # every run of a task node (issue 18)
         return RUN, tuple(self.results.get(n) for n in pipe)
 
     def complete(self, node: int, result: bytes | None) -> tuple[int, str, Released]:

@@ -12,8 +12,10 @@ from ._compiler import compile
 from ._dag import Dag, Node
 from ._encoder import LZ4JSONEncoder
 from ._graph import Chain, Graph, Group, NodeRef, WithDelay
+from ._listing import list_workflows, list_workflows_sync
 from ._middleware import WorkflowMiddleware
-from ._status import Event, State, Transition, WorkflowStatus
+from ._progress import report_progress
+from ._status import Event, Progress, RunningNode, State, Transition, WorkflowStatus
 from ._store import MemoryStore, RedisStore
 from .errors import (
     AioWorkflowError,
@@ -43,6 +45,14 @@ __all__ += ["SyncWorkflowHandle", "Workflow", "WorkflowHandle"]
 __all__ += ["LZ4JSONEncoder", "MemoryStore", "RedisStore", "WorkflowMiddleware"]
 # values: what the calls above return
 __all__ += ["Dag", "Event", "Node", "State", "Transition", "WorkflowStatus"]
+# observability
+__all__ += [
+    "Progress",
+    "RunningNode",
+    "list_workflows",
+    "list_workflows_sync",
+    "report_progress",
+]
 # errors: one tree rooted at AioWorkflowError (all of aioworkflow.errors but ScriptError)
 __all__ += [
     "AioWorkflowError",

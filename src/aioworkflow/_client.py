@@ -28,13 +28,13 @@ from ._dramatiq import Route, as_callback, direct_mode, route_for
 from ._dramatiq._hooks import Stamped, stamp_direct
 from ._graph import Step, _check_step  # pyright: ignore[reportPrivateUsage] - _graph's own check
 from ._keys import check_workflow_id
-from ._machine import CallbackKind
+from ._machine import CallbackKind, MetaField
 from ._middleware import find_store
 from ._observe import current_traceparent
 from ._plan import Callback, build_upload
 from ._status import Event, State, Transition, WorkflowStatus, status_from_meta
 from ._store._base import Loaded
-from ._upload import message_fields
+from ._upload import check_labels, check_name, message_fields
 from .errors import (
     ConfigurationError,
     MessageTooLarge,
@@ -46,7 +46,7 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
+    from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Mapping
 
     from ._store._base import StoreBackend
 
@@ -148,6 +148,11 @@ class Workflow:
             over slots. Anything else raises :class:`~aioworkflow.errors.ConfigurationError`.
         audit: log every node release as a ``node_released`` event (costs one stream entry
             per release; meant for tests and debugging).
+        name: a name for people and for ``list_workflows(name=)`` (1 to 200 characters; names
+            need not be unique).
+        labels: string keys and values (at most 32; keys of 1 to 64 characters without
+            ``=``, values of at most 200), shown in status and matched by
+            ``list_workflows(label=)``. Bad names or labels raise ``ConfigurationError``.
         max_message_bytes: the largest encoded arguments of one node; ``run()`` raises
             :class:`~aioworkflow.errors.MessageTooLarge` above it, before storing anything
             (brokers and Redis have hard limits; big data belongs in storage, passed by
@@ -170,13 +175,17 @@ class Workflow:
         audit: bool = False,
         max_message_bytes: int = MAX_MESSAGE_BYTES,
         max_nodes: int = DEFAULT_MAX_NODES,
+        name: str | None = None,
+        labels: Mapping[str, str] | None = None,
     ) -> None:
         _check_step(canvas, "Workflow")
+        self.name = check_name(name)
+        self.labels = check_labels(labels)
         if id is not None:
             check_workflow_id(id)
-        for name, cb in (("on_success", on_success), ("on_failure", on_failure)):
+        for what, cb in (("on_success", on_success), ("on_failure", on_failure)):
             if cb is not None:
-                _check_step(cb, name)
+                _check_step(cb, what)
         self.canvas = canvas
         self.on_success = on_success
         self.on_failure = on_failure
@@ -249,6 +258,8 @@ class Workflow:
                 trace=trace,
                 stamped=None if stamped is None else stamped.options,
                 failed_retention_ms=getattr(store, "failed_retention_ms", None),
+                name=self.name,
+                labels=self.labels,
             )
             callbacks = {str(kind): fields for kind, fields in upload.callbacks.items()}
             mode = str(upload.meta["mode"])
@@ -294,6 +305,7 @@ class WorkflowHandle:
         self.store: StoreBackend
         self.broker, self.store = _resolve(broker, store)
         self._cache: tuple[Loaded, Route] | None = None
+        self._dag: Loaded | None = None  # for status()'s actor names
 
     def __repr__(self) -> str:
         return f"<WorkflowHandle {self.id}>"
@@ -313,7 +325,23 @@ class WorkflowHandle:
             WorkflowNotFound: no such workflow (never created, or expired).
             StoreUnavailable: the store stayed unavailable for ``PATIENCE`` seconds.
         """
-        return await _patiently(self.store, self._status)
+        return await _patiently(self.store, self._detailed)
+
+    async def _detailed(self) -> WorkflowStatus:
+        # status() shows which nodes run; waits poll _status, which skips that read
+        found = await self.store.aio().meta(self.id)
+        if found is None:
+            raise WorkflowNotFound(self.id)
+        meta, running = found
+        if not running:
+            return status_from_meta(self.id, meta, running)
+        # actor names come from the DAG: loaded once per handle (a watch asks ten times a
+        # second), again only if the id now names another submission
+        loaded = self._cache[0] if self._cache is not None else self._dag
+        if loaded is None or loaded.token != meta.get(MetaField.MSG_TOKEN, ""):
+            loaded = self._dag = await self.store.aio().load(self.id)
+        nodes = await self.store.aio().running_nodes(self.id, loaded)
+        return status_from_meta(self.id, meta, running, nodes)
 
     async def _status(self) -> WorkflowStatus:
         found = await self.store.aio().meta(self.id)

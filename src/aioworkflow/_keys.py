@@ -7,6 +7,7 @@ every Lua script expects (``lua/_lib.lua`` binds the same names, upper-cased, to
 
 from __future__ import annotations
 
+import zlib
 from functools import lru_cache
 from typing import NamedTuple
 
@@ -14,11 +15,14 @@ from .errors import ConfigurationError
 
 __all__ = [
     "ACTIVE",
+    "INDEX_SHARDS",
     "MAX_ID_LENGTH",
     "PARTS",
     "PREFIX",
     "WorkflowKeys",
     "check_workflow_id",
+    "index_key",
+    "index_keys",
     "keys_of",
     "workflow_keys",
 ]
@@ -106,6 +110,23 @@ class WorkflowKeys(NamedTuple):
 PARTS: tuple[str, ...] = WorkflowKeys._fields
 #: Sorted set of workflows the reconciler looks at (score: submit time in ms).
 ACTIVE = f"{PREFIX}:active"
+
+
+#: Shards of the listing index (``list_workflows``): sorted sets ``aiowf:{idx:<k>}``, member
+#: the workflow id, score its submit time in ms. Each shard is its own hash tag, so on Redis
+#: Cluster the shards spread over slots; the client writes a workflow's entry at submit (one
+#: ZADD, pipelined with the ACTIVE one), never a script: a script may touch one slot only.
+INDEX_SHARDS = 16
+
+
+def index_key(workflow_id: str) -> str:
+    """The listing-index shard of a workflow (a stable hash of its id)."""
+    return f"{PREFIX}:{{idx:{zlib.crc32(workflow_id.encode()) % INDEX_SHARDS}}}"
+
+
+def index_keys() -> list[str]:
+    """Every listing-index shard."""
+    return [f"{PREFIX}:{{idx:{k}}}" for k in range(INDEX_SHARDS)]
 
 
 @lru_cache(maxsize=4096)

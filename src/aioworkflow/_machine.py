@@ -257,6 +257,10 @@ class EventCode(enum.StrEnum):
     NODE_FAILED = "fail"
     STATE = "state"
     NODE_RELEASED = "rel"
+    #: A worker started a node (claim.lua; the entry also has the attempt).
+    NODE_STARTED = "start"
+    #: A running node reported progress (progress.lua; done, total, note).
+    NODE_PROGRESS = "prog"
 
 
 class MetaField(enum.StrEnum):
@@ -301,6 +305,10 @@ class MetaField(enum.StrEnum):
     ON_FAILURE = "cb_f"
     #: W3C traceparent of the workflow's root span (only when traced at submit).
     TRACE = "traceparent"
+    #: The workflow's name (``Workflow(name=)``; absent when unnamed).
+    NAME = "name"
+    #: JSON object of the workflow's labels (``Workflow(labels=)``; absent when none).
+    LABELS = "labels"
 
 
 #: Meta field holding each callback's message.
@@ -328,5 +336,14 @@ LEGACY_FIELDS: Final[dict[str, MetaField]] = {
 }
 #: 0.1.0 meta fields that are no longer written (dropped by the upgrade).
 DROPPED_FIELDS: Final[tuple[str, ...]] = ("nv",)
-#: Field names of an events-stream entry: kind, node, state.
-EVENT_FIELDS: Final[dict[str, str]] = {"kind": "k", "node": "n", "state": "s"}
+#: Field names of an events-stream entry: kind, node, state; a node_started entry adds the
+#: attempt, a node_progress entry done, total and note (total and note only when given).
+EVENT_FIELDS: Final[dict[str, str]] = {
+    "kind": "k",
+    "node": "n",
+    "state": "s",
+    "attempt": "a",
+    "done": "d",
+    "total": "t",
+    "note": "m",
+}

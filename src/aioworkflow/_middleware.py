@@ -55,6 +55,7 @@ from ._context import ContextCache
 from ._dramatiq import AckShortcut, direct_mode, failure_of
 from ._nodes import NodeOps
 from ._plan import OPTION
+from ._progress import Reporter, activate, finish
 from ._reconciler import Reconciler
 from ._upload import ref_token
 from .errors import ConfigurationError, StoreUnavailable
@@ -221,6 +222,12 @@ class WorkflowMiddleware(dramatiq.Middleware):
             raise
         except Exception as exc:
             raise _ClaimFailed(f"could not claim {message}: {exc!r}") from exc
+        # a task node: report_progress reaches the store (a callback: it does nothing)
+        activate(
+            Reporter(self._nodes.store.sync, ref[0], ref[1], message.message_id, ref_token(ref))
+            if isinstance(ref[1], int)
+            else None
+        )
 
     def after_process_message(
         self,
@@ -234,6 +241,7 @@ class WorkflowMiddleware(dramatiq.Middleware):
         ref = message.options.get(OPTION)
         if ref is None:
             return
+        finish()  # the last report lands before the completion's node_succeeded
         self._nodes.observe.ran(message, exception)  # observability hook: ends the node's span
         if exception is None and isinstance(ref[1], int):
             try:
@@ -254,6 +262,7 @@ class WorkflowMiddleware(dramatiq.Middleware):
     def after_skip_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
         """A delivery skipped by another middleware (AgeLimit) may be a final failure."""
         self._nodes.observe.ran(message, None)  # observability hook: ends the node's span
+        finish()
         if OPTION in message.options and message.failed:
             self._remember(message, None, failure_of(message))
 

@@ -53,6 +53,12 @@ def _build(spec: ResultSpec, values: dict[int, Any]) -> Any:
     return None
 
 
+def _attempt(message: MessageProxy) -> int:
+    # dramatiq's Retries counts re-deliveries in the "retries" option: 1 for a first delivery
+    retries = message.options.get("retries", 0)
+    return retries + 1 if type(retries) is int and retries >= 0 else 1
+
+
 def _skip_claim(claim: Claim, workflow_id: str, node: int | str, message: MessageProxy) -> None:
     """Log why a delivery is skipped, where the reason is worth a warning."""
     reason = claim.results[0] if claim.results else None
@@ -191,9 +197,10 @@ class NodeOps:
             raise SkipMessage(f"workflow {workflow_id} has no node {node}")
         spec = ctx.loaded.dag.pipes.get(node) if isinstance(node, int) and not ref.piped else None
         wanted = spec_nodes(spec) if spec is not None else []
+        attempt = _attempt(message)
         claim = self.retrying(
             lambda: self.store.sync.claim(
-                workflow_id, node, ref.claim_key(message.message_id), wanted, ref.token
+                workflow_id, node, ref.claim_key(message.message_id), wanted, ref.token, attempt
             ),
             patience,
         )

@@ -20,6 +20,7 @@ script          when                               builder               reply
 ``fail``        dramatiq gave up on the node       ``fail_call``         :class:`Completion`
 ``cancel`` ...  ``cancel/pause/resume/retry()``    ``control_call``      :class:`Completion`
 ``reconcile``   the workers' reconciler timer      ``reconcile_call``    :class:`Completion`
+``progress``    a node calls ``report_progress``   ``progress_call``     bool (logged)
 =============== ================================== ===================== =================
 
 Codes are enums from ``_machine`` (:class:`ClaimCode`, :class:`Outcome`, :class:`CallbackKind`);
@@ -54,9 +55,11 @@ __all__ = [
     "parse_complete",
     "parse_control",
     "parse_fail",
+    "parse_progress",
     "parse_reconcile",
     "parse_start",
     "parse_submit",
+    "progress_call",
     "reconcile_call",
     "start_call",
     "submit_call",
@@ -76,6 +79,7 @@ class ScriptName(enum.StrEnum):
     RESUME = "resume"
     RETRY = "retry"
     RECONCILE = "reconcile"
+    PROGRESS = "progress"
 
 
 #: The control scripts, by the operation they perform.
@@ -203,19 +207,50 @@ def claim_call(
     message_id: str,
     pipe_nodes: Sequence[int],
     token: str = "",
+    attempt: int = 1,
 ) -> ScriptCall:
     """May the delivery of ``node`` whose claim key is ``message_id`` run? Also fetch
     ``pipe_nodes``' results.
 
     The claim key is the ref's push id (``Ref.claim_key``), the message id for a ref without one.
 
-    ``token`` is the delivery's message token ("" for a message without one).
+    ``token`` is the delivery's message token ("" for a message without one); ``attempt``
+    (dramatiq's ``retries`` + 1) labels the ``node_started`` event a RUN answer logs.
     """
     return ScriptCall(
         ScriptName.CLAIM,
         keys_of(workflow_id),
-        (workflow_id, node, message_id, token, *pipe_nodes),
+        (workflow_id, node, message_id, token, attempt, *pipe_nodes),
     )
+
+
+def progress_call(
+    workflow_id: str,
+    node: int,
+    message_id: str,
+    token: str,
+    progress: tuple[float, float | None, str | None],
+) -> ScriptCall:
+    """Log a running node's progress, ``(done, total, note)``, as a ``node_progress`` event."""
+    done, total, note = progress
+    return ScriptCall(
+        ScriptName.PROGRESS,
+        keys_of(workflow_id),
+        (
+            workflow_id,
+            node,
+            message_id,
+            token,
+            repr(done),
+            "" if total is None else repr(total),
+            note or "",
+        ),
+    )
+
+
+def parse_progress(reply: Any) -> bool:
+    """Narrow a ``progress.lua`` reply: whether the report was logged."""
+    return bool(reply)
 
 
 def complete_call(

@@ -36,14 +36,54 @@ SUCCEEDED and CANCELLED are final; FAILED is final unless retried.
 
 from __future__ import annotations
 
+import json
 import re
-from dataclasses import dataclass
-from typing import Literal, final
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal, final
 
 from ._machine import LEGACY_FIELDS, MetaField, State
 from .errors import DecodeError
 
-__all__ = ["Event", "State", "Transition", "WorkflowStatus", "status_from_meta"]
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+__all__ = [
+    "Event",
+    "Progress",
+    "RunningNode",
+    "State",
+    "Transition",
+    "WorkflowStatus",
+    "status_from_meta",
+]
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Progress:
+    """What a running node last reported with ``report_progress(done, total, note)``."""
+
+    done: float
+    total: float | None = None
+    note: str | None = None
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunningNode:
+    """A node a worker has started and not yet finished (``WorkflowStatus.running_nodes``)."""
+
+    #: The node's index in the workflow (as in events and ``failed_node``).
+    node: int
+    #: The dramatiq actor it runs ("" when the DAG could not be read).
+    actor: str
+    #: When the current attempt started (ms since the epoch; None: its start event was
+    #: trimmed from the events stream).
+    started: int | None
+    #: 1 for the first delivery, dramatiq's retries + 1 after (None: start event trimmed).
+    attempt: int | None
+    #: The node's last ``report_progress`` (None: it reported none in this attempt).
+    progress: Progress | None = None
 
 
 @final
@@ -68,6 +108,13 @@ class WorkflowStatus:
     failed_actor: str | None = None
     exc_type: str | None = None
     exc_message: str | None = None
+    #: ``Workflow(name=)`` (None: unnamed).
+    name: str | None = None
+    #: ``Workflow(labels=)``.
+    labels: Mapping[str, str] = field(default_factory=dict[str, str])
+    #: The running nodes, by node index (empty when the caller did not ask for them: ``list``
+    #: leaves them out; ``status()`` fills them in).
+    running_nodes: tuple[RunningNode, ...] = ()
 
     @property
     def done(self) -> bool:
@@ -75,7 +122,9 @@ class WorkflowStatus:
         return self.state.is_final
 
 
-EventKind = Literal["node_succeeded", "node_failed", "node_released", "state"]
+EventKind = Literal[
+    "node_started", "node_progress", "node_succeeded", "node_failed", "node_released", "state"
+]
 
 
 @final
@@ -83,15 +132,22 @@ EventKind = Literal["node_succeeded", "node_failed", "node_released", "state"]
 class Event:
     """Something that happened to a workflow, from ``handle.events()``.
 
-    ``kind`` is ``"node_succeeded"`` or ``"node_failed"`` (``node`` says which) or ``"state"``
-    (the workflow moved to ``state``); workflows run with ``audit=True`` also log
-    ``"node_released"`` for every release. ``id`` orders events (a Redis stream id).
+    ``kind`` is ``"node_started"`` (``attempt`` says which attempt), ``"node_progress"``
+    (``progress`` holds the report), ``"node_succeeded"`` or ``"node_failed"`` (``node`` says
+    which node) or ``"state"`` (the workflow moved to ``state``); workflows run with
+    ``audit=True`` also log ``"node_released"`` for every release. ``id`` orders events (a
+    Redis stream id). Every run of a node logs ``node_started`` before its
+    ``node_succeeded``/``node_failed``.
     """
 
     id: str
     kind: EventKind
     node: int | None
     state: State
+    #: The attempt of a ``node_started`` event (1: first delivery).
+    attempt: int | None = None
+    #: The report of a ``node_progress`` event.
+    progress: Progress | None = None
 
 
 @final
@@ -141,7 +197,25 @@ def _state(meta: dict[str, str]) -> State:
         raise DecodeError(f"corrupt workflow meta: {raw!r} is not a state", data) from None
 
 
-def status_from_meta(workflow_id: str, meta: dict[str, str], running: int) -> WorkflowStatus:
+def _labels(meta: dict[str, str]) -> dict[str, str]:
+    raw = meta.get(MetaField.LABELS)
+    if not raw:
+        return {}
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return {}  # unreadable labels read as none, like a corrupt number
+    if not isinstance(value, dict):
+        return {}
+    return {str(k): str(v) for k, v in value.items()}  # pyright: ignore[reportUnknownVariableType, reportUnknownArgumentType]
+
+
+def status_from_meta(
+    workflow_id: str,
+    meta: dict[str, str],
+    running: int,
+    running_nodes: tuple[RunningNode, ...] = (),
+) -> WorkflowStatus:
     """Build a WorkflowStatus from a stored meta hash (format 2, or 0.1.0's field names).
 
     A numeric field that is not an integer reads as missing (None; 0 for the counts).
@@ -163,4 +237,7 @@ def status_from_meta(workflow_id: str, meta: dict[str, str], running: int) -> Wo
         failed_actor=_get(meta, MetaField.FAILED_ACTOR),
         exc_type=_get(meta, MetaField.EXC_TYPE),
         exc_message=_get(meta, MetaField.EXC_MESSAGE),
+        name=meta.get(MetaField.NAME),
+        labels=_labels(meta),
+        running_nodes=running_nodes,
     )

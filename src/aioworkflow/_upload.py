@@ -41,8 +41,9 @@ from __future__ import annotations
 import secrets
 import uuid
 from array import array
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, NamedTuple, final
+from typing import TYPE_CHECKING, Any, NamedTuple, cast, final
 
 from ._codec import dumps_json
 from ._machine import (
@@ -53,9 +54,10 @@ from ._machine import (
     MetaField,
     Mode,
 )
+from .errors import ConfigurationError
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Sequence
 
     from ._dag import Dag
 
@@ -65,6 +67,8 @@ __all__ = [
     "Ref",
     "Upload",
     "build_upload",
+    "check_labels",
+    "check_name",
     "message_fields",
     "message_ref",
     "new_message_token",
@@ -278,6 +282,58 @@ class Upload:
     token: str = ""
 
 
+#: Longest workflow name, in characters.
+MAX_NAME = 200
+#: Most labels on one workflow, and the longest label key and value, in characters.
+MAX_LABELS = 32
+MAX_LABEL_KEY = 64
+MAX_LABEL_VALUE = 200
+
+
+def check_name(name: object) -> str | None:
+    """Return a valid ``Workflow(name=)`` (None: unnamed).
+
+    Raises:
+        ConfigurationError: not a string, empty, or longer than ``MAX_NAME`` characters.
+    """
+    if name is None:
+        return None
+    if not isinstance(name, str):
+        raise ConfigurationError(f"a workflow name is a string, not {type(name).__name__}")
+    if not name or len(name) > MAX_NAME:
+        raise ConfigurationError(f"a workflow name has 1 to {MAX_NAME} characters, not {len(name)}")
+    return name
+
+
+def check_labels(labels: object) -> dict[str, str]:
+    """Return a valid ``Workflow(labels=)`` as a plain dict (sorted by key).
+
+    Raises:
+        ConfigurationError: not a mapping of strings to strings; more than ``MAX_LABELS``
+            labels; an empty key, a key with ``=`` (``--label k=v`` could not name it), or
+            one longer than ``MAX_LABEL_KEY``; a value longer than ``MAX_LABEL_VALUE``.
+    """
+    if labels is None:
+        return {}
+    if not isinstance(labels, Mapping):
+        raise ConfigurationError(f"labels are a mapping, not {type(labels).__name__}")
+    items = cast("Mapping[object, object]", labels)
+    if len(items) > MAX_LABELS:
+        raise ConfigurationError(f"{len(items)} labels: at most {MAX_LABELS} are allowed")
+    out: dict[str, str] = {}
+    for key, value in items.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise ConfigurationError(f"label {key!r}: {value!r}: keys and values are strings")
+        if not key or "=" in key or len(key) > MAX_LABEL_KEY:
+            raise ConfigurationError(f"label key {key!r}: 1 to {MAX_LABEL_KEY} characters, no '='")
+        if len(value) > MAX_LABEL_VALUE:
+            raise ConfigurationError(
+                f"label {key!r}: value of {len(value)} characters, at most {MAX_LABEL_VALUE}"
+            )
+        out[key] = value
+    return dict(sorted(out.items()))
+
+
 def build_upload(
     workflow_id: str,
     dag: Dag,
@@ -292,6 +348,8 @@ def build_upload(
     stamped: Mapping[int | str, Mapping[str, Any]] | None = None,
     failed_retention_ms: int | None = None,
     token: str | None = None,
+    name: str | None = None,
+    labels: Mapping[str, str] | None = None,
 ) -> Upload:
     """Build what a store writes for a new workflow.
 
@@ -310,6 +368,8 @@ def build_upload(
         failed_retention_ms: how long keys live after the workflow failed (default:
             ``retention_ms``).
         token: the submission's message token (default: a fresh one).
+        name: the workflow's name (checked by ``check_name``).
+        labels: the workflow's labels (checked by ``check_labels``).
     """
     extra = stamped or {}
     token = token or new_message_token()
@@ -335,6 +395,10 @@ def build_upload(
         meta[MetaField.AUDIT] = 1
     if trace:
         meta[MetaField.TRACE] = trace
+    if name is not None:
+        meta[MetaField.NAME] = check_name(name) or ""
+    if labels:
+        meta[MetaField.LABELS] = dumps_json(check_labels(labels)).decode()
     templates: dict[str, bytes] = {}
     stored: dict[CallbackKind, dict[str, Any]] = {}
     slot_of = {q: i for i, q in enumerate(slots)}

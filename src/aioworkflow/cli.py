@@ -1,4 +1,4 @@
-"""The ``aioworkflow`` command: demo, status, watch, cancel/pause/resume/retry, graph.
+"""The ``aioworkflow`` command: demo, status, watch, list, cancel/pause/resume/retry, graph.
 
 Exit codes:
 
@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from ._client import WorkflowHandle
     from ._dag import Dag
     from ._graph import Step
-    from ._status import Transition, WorkflowStatus
+    from ._status import RunningNode, Transition, WorkflowStatus
 
 __all__ = ["describe", "main", "progress_bar", "render"]
 
@@ -93,6 +93,29 @@ def _parser() -> argparse.ArgumentParser:
                 "send released nodes through this broker (amqp://... or redis://...) at once; "
                 "by default the workers' reconciler sends them",
             )
+    listing = sub.add_parser(
+        "list",
+        help="list workflows, newest first",
+        description="list workflows, newest first (one line each: id, state, counts, name)",
+    )
+    listing.add_argument("--state", action="append", help="only this state (repeatable)")
+    listing.add_argument("--name", help="only workflows with this name")
+    listing.add_argument(
+        "--label",
+        action="append",
+        metavar="K=V",
+        help="only workflows with this label (repeatable)",
+    )
+    listing.add_argument(
+        "--since", metavar="DURATION", help="only submitted in the last DURATION (90s, 15m, 1h, 2d)"
+    )
+    listing.add_argument("--limit", type=int, default=50, help="at most N (default 50)")
+    listing.add_argument(
+        "--redis",
+        metavar="URL",
+        default=env_url,
+        help="the workflow store (default: $AIOWORKFLOW_REDIS_URL or " + DEFAULT_REDIS + ")",
+    )
     graph = sub.add_parser("graph", help="print a canvas's compiled DAG")
     graph.add_argument(
         "target",
@@ -128,6 +151,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.command == "graph":
                 out.write(render(_load_dag(args.target), args.format))
                 return EXIT_OK
+            if args.command == "list":
+                return asyncio.run(_list(args, out))
             return asyncio.run(_remote(args, out))
         except KeyboardInterrupt:
             sys.stderr.write("\naioworkflow: interrupted\n")
@@ -248,6 +273,38 @@ async def _remote(args: argparse.Namespace, out: TextIO) -> int:
         broker.close()
 
 
+async def _list(args: argparse.Namespace, out: TextIO) -> int:
+    from ._listing import list_workflows, parse_duration
+    from ._store import RedisStore
+
+    since = None if args.since is None else parse_duration(args.since)
+    try:
+        store = RedisStore(url=args.redis)
+    except ValueError as exc:  # a malformed URL
+        raise CommandError(f"--redis: {exc}") from exc
+    try:
+        found = list_workflows(
+            state=args.state, name=args.name, label=args.label, since=since, limit=args.limit,
+            store=store,
+        )  # fmt: skip
+        async for st in found:
+            out.write(list_line(st))
+    finally:
+        await store.aclose()
+        store.close()
+    return EXIT_OK
+
+
+def list_line(status: WorkflowStatus) -> str:
+    """One workflow of ``aioworkflow list``: id, state, counts, created, name and labels."""
+    labels = " ".join(f"{k}={v}" for k, v in status.labels.items())
+    return (
+        f"{status.id}  {status.state:<9}  {status.succeeded}/{status.total}"
+        f"  {_when(status.created_at)}  {status.name or '-'}  {labels}".rstrip()
+        + "\n"
+    )
+
+
 _DONE = {"cancel": "cancelled", "pause": "paused", "resume": "resumed", "retry": "retrying"}
 
 
@@ -297,12 +354,45 @@ def describe(status: WorkflowStatus) -> str:
         f"started   {_when(status.started_at)}",
         f"finished  {_when(status.finished_at)}",
     ]
+    if status.name is not None:
+        lines.insert(1, f"name      {status.name}")
+    if status.labels:
+        labels = " ".join(f"{k}={v}" for k, v in status.labels.items())
+        lines.insert(2 if status.name is not None else 1, f"labels    {labels}")
     if status.failed_node is not None:
         lines.append(
             f"failure   node {status.failed_node} ({status.failed_actor}): "
             f"{status.exc_type}: {status.exc_message}"
         )
+    lines += [f"running   {node_line(rn)}" for rn in status.running_nodes[:MAX_NODE_LINES]]
+    if len(status.running_nodes) > MAX_NODE_LINES:
+        lines.append(f"running   ... and {len(status.running_nodes) - MAX_NODE_LINES} more")
     return "\n".join(lines) + "\n"
+
+
+#: Running nodes shown by ``status`` and ``watch`` (the rest are counted).
+MAX_NODE_LINES = 10
+
+
+def node_line(node: RunningNode, width: int = 20) -> str:
+    """``node 3 resize attempt 2 since 12:00:01.250 [#####.....] 30/60 note``."""
+    text = f"node {node.node} {node.actor or '?'}"
+    if node.attempt is not None and node.attempt > 1:
+        text += f" attempt {node.attempt}"
+    if node.started is not None:
+        text += f" since {_when(node.started)[11:23]}"
+    report = node.progress
+    if report is None:
+        return text
+    if report.total:
+        share = min(max(report.done / report.total, 0.0), 1.0)
+        filled = int(width * share)
+        text += f" [{'#' * filled}{'.' * (width - filled)}] {report.done:g}/{report.total:g}"
+    else:
+        text += f" done {report.done:g}"
+    if report.note:
+        text += f" {report.note}"
+    return text
 
 
 def progress_bar(status: WorkflowStatus, width: int = 30) -> str:
@@ -321,19 +411,31 @@ async def _watch(
 ) -> int:
     """Redraw on the workflow's events (at most every ``min_interval`` s) until it ends.
 
-    Node starts log no event, so without events the line is also refreshed every ``refresh`` s
-    to keep the running count current.
+    On a terminal, each running node gets a line under the overall bar (its progress bar when
+    it reports a total). Without events the frame is also refreshed every ``refresh`` s.
     """
     tty = out.isatty()
-    last_line = ""
+    last_frame: list[str] = []
 
     def show(status: WorkflowStatus) -> None:
-        nonlocal last_line
-        line = progress_bar(status)
-        if line != last_line:
-            last_line = line
-            out.write(f"\r{line}\x1b[K" if tty else f"{line}\n")
-            out.flush()
+        nonlocal last_frame
+        frame = [progress_bar(status)]
+        if tty:  # a progress line per running node under the overall bar
+            frame += ["  " + node_line(n) for n in status.running_nodes[:MAX_NODE_LINES]]
+            more = len(status.running_nodes) - MAX_NODE_LINES
+            if more > 0:
+                frame.append(f"  ... and {more} more running")
+        if frame == last_frame:
+            return
+        if tty:
+            # back to the first line of the previous frame, clear it all, draw the new one
+            up = len(last_frame) - 1
+            head = f"\r\x1b[{up}A\x1b[J" if up > 0 else "\r"
+            out.write(head + "\n".join(f"{line}\x1b[K" for line in frame))
+        else:
+            out.write(f"{frame[0]}\n")
+        last_frame = frame
+        out.flush()
 
     status = await handle.status()
     show(status)

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
     from aioworkflow._dag import Dag
     from aioworkflow._protocol import Claim, Completion
-    from aioworkflow._status import Event
+    from aioworkflow._status import Event, RunningNode
     from aioworkflow._upload import Upload
 
 __all__ = [
@@ -97,8 +97,22 @@ class Store(Protocol):
         message_id: str,
         pipe_nodes: Sequence[int],
         token: str = "",
+        attempt: int = 1,
     ) -> Claim:
-        """Run ``claim.lua`` for a delivery about to start (``token``: the message's)."""
+        """Run ``claim.lua`` for a delivery about to start (``token``: the message's;
+        ``attempt``: dramatiq's retries + 1, logged with the ``node_started`` event)."""
+        ...
+
+    def progress(
+        self,
+        workflow_id: str,
+        node: int,
+        message_id: str,
+        token: str,
+        progress: tuple[float, float | None, str | None],
+    ) -> bool:
+        """Run ``progress.lua``: log ``(done, total, note)`` of a running node (False: not
+        logged, the node is not running under this delivery any more)."""
         ...
 
     def complete(
@@ -148,6 +162,21 @@ class AsyncStore(Protocol):
 
     async def meta(self, workflow_id: str) -> tuple[dict[str, str], int] | None:
         """The workflow's meta hash and its count of running nodes (None: no such workflow)."""
+        ...
+
+    async def index_page(
+        self, cursor: tuple[int, str] | None, since_ms: int, count: int
+    ) -> list[tuple[int, str, tuple[dict[str, str], int] | None]]:
+        """Up to ``count`` workflows submitted at ``since_ms`` or later, newest first, after
+        ``cursor`` (the (submit ms, id) of the previous page's last entry), each with its meta
+        and running count (None: it expired; the index forgets it)."""
+        ...
+
+    async def running_nodes(
+        self, workflow_id: str, loaded: Loaded | None = None
+    ) -> tuple[RunningNode, ...]:
+        """The workflow's running nodes, by node index (empty: none or no such workflow);
+        ``loaded`` (the workflow's, if the caller has it) names their actors."""
         ...
 
     async def control(self, op: str, workflow_id: str, queue_keys: list[str]) -> Completion:

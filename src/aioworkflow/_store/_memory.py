@@ -34,7 +34,7 @@ from aioworkflow._machine import (
     transition,
 )
 from aioworkflow._protocol import Claim, Completion
-from aioworkflow._status import Event, EventKind
+from aioworkflow._status import Event, EventKind, Progress, RunningNode
 from aioworkflow.errors import WorkflowExists
 
 from ._base import DEFAULT_FAILED_RETENTION, DEFAULT_RETENTION, Loaded, retention_ms
@@ -65,6 +65,10 @@ class _Wf:
     claims: dict[int | CallbackKind, str] = field(default_factory=dict[int | CallbackKind, str])
     failed: set[int] = field(default_factory=set[int])
     expires: float | None = None
+    #: node -> (start ms, attempt) of its latest run (read only for nodes in ``claims``).
+    started: dict[int, tuple[int, int]] = field(default_factory=dict[int, tuple[int, int]])
+    #: node -> the latest progress report of its current run.
+    progress: dict[int, Progress] = field(default_factory=dict[int, Progress])
 
     @property
     def state(self) -> State:
@@ -77,6 +81,11 @@ _CALLBACK_KEYS = frozenset(k.value for k in CallbackKind)
 def _token_ok(wf: _Wf, token: str) -> bool:
     # as token_ok in _lib.lua: a workflow without a token accepts only messages without one
     return wf.meta.get(MetaField.MSG_TOKEN, "") == token
+
+
+def _actor(loaded: Loaded, node: int) -> str:
+    dag = loaded.dag
+    return dag.shapes[dag.shape_of[node]][0]
 
 
 def _is_node(wf: _Wf, node: object) -> bool:
@@ -149,9 +158,27 @@ class MemoryStore:
             return None
         return wf
 
-    def _event(self, workflow_id: str, wf: _Wf, kind: EventKind, node: int | None) -> None:
+    def _event(
+        self,
+        workflow_id: str,
+        wf: _Wf,
+        kind: EventKind,
+        node: int | None,
+        *,
+        attempt: int | None = None,
+        progress: Progress | None = None,
+    ) -> None:
         self._seq += 1
-        wf.events.append(Event(id=str(self._seq), kind=kind, node=node, state=wf.state))
+        wf.events.append(
+            Event(
+                id=str(self._seq),
+                kind=kind,
+                node=node,
+                state=wf.state,
+                attempt=attempt,
+                progress=progress,
+            )
+        )
         for loop, ev in self._waiters.get(workflow_id, ()):
             loop.call_soon_threadsafe(ev.set)
 
@@ -242,6 +269,7 @@ class MemoryStore:
         message_id: str,
         pipe_nodes: Sequence[int],
         token: str = "",
+        attempt: int = 1,
     ) -> Claim:
         """The twin of ``claim.lua``."""
         with self._lock:
@@ -281,7 +309,52 @@ class MemoryStore:
                 return Claim(ClaimCode.DUPLICATE)
             wf.claims[node] = message_id
             wf.ready.pop(node, None)
+            attempt = attempt if 0 < attempt < 1_000_000 else 1  # as claim.lua reads it
+            wf.started[node] = (_now(), attempt)
+            wf.progress.pop(node, None)
+            self._event(workflow_id, wf, "node_started", node, attempt=attempt)
             return Claim(ClaimCode.RUN, tuple(wf.res.get(n) for n in pipe_nodes))
+
+    def progress(
+        self,
+        workflow_id: str,
+        node: int,
+        message_id: str,
+        token: str,
+        progress: tuple[float, float | None, str | None],
+    ) -> bool:
+        """The twin of ``progress.lua``."""
+        with self._lock:
+            wf = self._get(workflow_id)
+            if wf is None or not _token_ok(wf, token) or not _is_node(wf, node):
+                return False
+            if wf.claims.get(node) != message_id:
+                return False
+            done, total, note = progress
+            report = Progress(done=done, total=total, note=note or None)
+            wf.progress[node] = report
+            self._event(workflow_id, wf, "node_progress", node, progress=report)
+            return True
+
+    def running_nodes(self, workflow_id: str) -> tuple[RunningNode, ...]:
+        """The running nodes of a workflow (empty: none, or no such workflow)."""
+        with self._lock:
+            wf = self._get(workflow_id)
+            if wf is None:
+                return ()
+            out: list[RunningNode] = []
+            for node in sorted(n for n in wf.claims if isinstance(n, int)):
+                started, attempt = wf.started.get(node, (None, None))
+                out.append(
+                    RunningNode(
+                        node=node,
+                        actor=_actor(wf.loaded, node),
+                        started=started,
+                        attempt=attempt,
+                        progress=wf.progress.get(node),
+                    )
+                )
+            return tuple(out)
 
     def complete(
         self,
@@ -439,6 +512,29 @@ class _AsyncMemory:
             if wf is None:
                 return None
             return dict(wf.meta), len([c for c in wf.claims if isinstance(c, int)])
+
+    async def running_nodes(
+        self, workflow_id: str, loaded: Loaded | None = None
+    ) -> tuple[RunningNode, ...]:
+        return self._s.running_nodes(workflow_id)  # its own DAG: always the right one
+
+    async def index_page(
+        self, cursor: tuple[int, str] | None, since_ms: int, count: int
+    ) -> list[tuple[int, str, tuple[dict[str, str], int] | None]]:
+        # the twin of _index.index_page: expired workflows are dropped by _get
+        with self._s._lock:
+            found: list[tuple[int, str, tuple[dict[str, str], int] | None]] = []
+            for wid in list(self._s._wfs):
+                wf = self._s._get(wid)
+                if wf is None:
+                    continue
+                entry = (int(wf.meta[MetaField.CREATED]), wid)
+                if entry[0] < since_ms or (cursor is not None and entry >= cursor):
+                    continue
+                running = len([c for c in wf.claims if isinstance(c, int)])
+                found.append((*entry, (dict(wf.meta), running)))
+        found.sort(key=lambda e: (e[0], e[1]), reverse=True)
+        return found[:count]
 
     async def control(self, op: str, workflow_id: str, queue_keys: list[str]) -> Completion:
         return self._s.control(op, workflow_id)

@@ -28,7 +28,7 @@ from aioworkflow._machine import (
 )
 from aioworkflow._protocol import BrokerAck, Claim, Completion, ScriptCall, SubmitCode
 from aioworkflow._redact import redact_text
-from aioworkflow._status import Event
+from aioworkflow._status import Event, Progress, RunningNode
 from aioworkflow.errors import (
     ConfigurationError,
     DecodeError,
@@ -39,12 +39,8 @@ from aioworkflow.errors import (
 )
 
 from . import _connect, _durable, _urls
-from ._base import (
-    DEFAULT_FAILED_RETENTION,
-    DEFAULT_RETENTION,
-    Loaded,
-    retention_ms,
-)
+from ._base import DEFAULT_FAILED_RETENTION, DEFAULT_RETENTION, Loaded, retention_ms
+from ._index import Entry, index_page
 from ._policy import EvictionCheck
 from ._scripts import SOURCES, ScriptName, explain
 from ._wire import WireScripts, reply_error
@@ -101,10 +97,18 @@ _EVENT_KINDS: dict[bytes, EventKind] = {
     EventCode.NODE_FAILED.encode(): "node_failed",
     EventCode.STATE.encode(): "state",
     EventCode.NODE_RELEASED.encode(): "node_released",
+    EventCode.NODE_STARTED.encode(): "node_started",
+    EventCode.NODE_PROGRESS.encode(): "node_progress",
 }
 _EV_KIND = EVENT_FIELDS["kind"].encode()
 _EV_NODE = EVENT_FIELDS["node"].encode()
 _EV_STATE = EVENT_FIELDS["state"].encode()
+_EV_ATTEMPT = EVENT_FIELDS["attempt"].encode()
+_EV_DONE = EVENT_FIELDS["done"].encode()
+_EV_TOTAL = EVENT_FIELDS["total"].encode()
+_EV_NOTE = EVENT_FIELDS["note"].encode()
+_STARTED = EventCode.NODE_STARTED.encode()
+_PROGRESS = EventCode.NODE_PROGRESS.encode()
 #: What ``load`` reads from the meta hash.
 _LOAD_FIELDS = [
     MetaField.MODE,
@@ -225,9 +229,12 @@ class _SyncDriver:
         message_id: str,
         pipe_nodes: Sequence[int],
         token: str = "",
+        attempt: int = 1,
     ) -> Claim:
         inline = len(pipe_nodes) <= p.PIPE_INLINE
-        call = p.claim_call(workflow_id, node, message_id, pipe_nodes if inline else (), token)
+        call = p.claim_call(
+            workflow_id, node, message_id, pipe_nodes if inline else (), token, attempt
+        )
         claim = p.parse_claim(self._run(call))
         if inline or not claim.run:
             return claim
@@ -240,6 +247,17 @@ class _SyncDriver:
                 pipe.hmget(key, [str(n) for n in pipe_nodes[i : i + p.PIPE_INLINE]])
             parts: list[list[bytes | None]] = pipe.execute()
         return Claim(claim.code, tuple(r for part in parts for r in part))
+
+    def progress(
+        self,
+        workflow_id: str,
+        node: int,
+        message_id: str,
+        token: str,
+        progress: tuple[float, float | None, str | None],
+    ) -> bool:
+        call = p.progress_call(workflow_id, node, message_id, token, progress)
+        return p.parse_progress(self._run(call))
 
     def complete(
         self,
@@ -350,7 +368,12 @@ class _AsyncDriver:
                     await c.hset(keys.tpl, mapping=dict(items[i : i + TEMPLATE_CHUNK]))
                 if items:
                     await c.pexpire(keys.tpl, retention)
-                await c.zadd(_keys.ACTIVE, {workflow_id: int(time.time() * 1000)})
+                # the reconciler's set and the listing index (_index.py), in one round trip
+                created = int(upload.meta[MetaField.CREATED])
+                pipe = c.pipeline(transaction=False)
+                pipe.zadd(_keys.ACTIVE, {workflow_id: int(time.time() * 1000)})
+                pipe.zadd(_keys.index_key(workflow_id), {workflow_id: created})
+                await pipe.execute()
         roots = list(upload.roots)
         first = await self._call(p.start_call(workflow_id, True, 0, roots[:ROOT_CHUNK], queue_keys))
         done = p.parse_start(first)
@@ -375,6 +398,12 @@ class _AsyncDriver:
             return None
         running = int(claims) - sum(map(bool, callbacks))  # task nodes only, as MemoryStore
         return {k.decode(): v.decode(errors="replace") for k, v in raw.items()}, running
+
+    async def index_page(
+        self, cursor: tuple[int, str] | None, since_ms: int, count: int
+    ) -> list[Entry]:
+        with map_exceptions():
+            return await index_page(self._client, cursor, since_ms, count)
 
     async def control(self, op: str, workflow_id: str, queue_keys: list[str]) -> Completion:
         done = p.parse_control(await self._call(p.control_call(op, workflow_id, queue_keys)))
@@ -420,16 +449,24 @@ class _AsyncDriver:
                 if states_only:
                     out.append(Event(id=eid.decode(), kind="state", node=None, state=state))
                     continue
-                node = int(fields[_EV_NODE])
-                out.append(
-                    Event(
-                        id=eid.decode(),
-                        kind=_EVENT_KINDS[fields[_EV_KIND]],
-                        node=None if node < 0 else node,
-                        state=state,
-                    )
-                )
+                out.append(_event(eid, fields, state))
         return out
+
+    async def running_nodes(
+        self, workflow_id: str, loaded: Loaded | None = None
+    ) -> tuple[RunningNode, ...]:
+        keys = _keys.keys_of(workflow_id)
+        with map_exceptions():
+            claimed: dict[bytes, bytes] = await self._client.hgetall(keys.claims)
+            nodes = sorted(int(k) for k in claimed if k.isdigit())
+            if not nodes:
+                return ()
+            # the start and progress of each running node are its latest events: read the
+            # stream backwards, at most RUNNING_SCAN entries (bounded work per status call)
+            entries: list[Any] = await self._client.xrevrange(keys.ev, count=RUNNING_SCAN)
+        if loaded is None:
+            loaded = await self.load(workflow_id)
+        return running_from_events(nodes, entries, loaded)
 
     async def last_event_id(self, workflow_id: str, *, states_only: bool = False) -> str:
         keys = _keys.keys_of(workflow_id)
@@ -437,6 +474,73 @@ class _AsyncDriver:
         with map_exceptions():
             last = await self._client.xrevrange(key, count=1)
         return last[0][0].decode() if last else "0"
+
+
+def _event(eid: bytes, fields: dict[bytes, bytes], state: State) -> Event:
+    node = int(fields[_EV_NODE])
+    kind = _EVENT_KINDS[fields[_EV_KIND]]
+    attempt = fields.get(_EV_ATTEMPT)
+    return Event(
+        id=eid.decode(),
+        kind=kind,
+        node=None if node < 0 else node,
+        state=state,
+        attempt=None if attempt is None else int(attempt),
+        progress=_progress(fields) if kind == "node_progress" else None,
+    )
+
+
+def _progress(fields: dict[bytes, bytes]) -> Progress:
+    total, note = fields.get(_EV_TOTAL), fields.get(_EV_NOTE)
+    return Progress(
+        done=_number(fields.get(_EV_DONE, b"0")),
+        total=None if total is None else _number(total),
+        note=None if note is None else note.decode(errors="replace"),
+    )
+
+
+def _number(raw: bytes) -> float:
+    value = float(raw)
+    return int(value) if value.is_integer() else value
+
+
+#: Events read back by ``running_nodes`` to find each running node's start and progress.
+RUNNING_SCAN = 2000
+
+
+def running_from_events(
+    nodes: list[int], entries: list[Any], loaded: Loaded | None
+) -> tuple[RunningNode, ...]:
+    """RunningNodes of ``nodes`` from the newest-first events stream ``entries``."""
+    wanted = set(nodes)
+    started: dict[int, tuple[int, int | None]] = {}
+    progress: dict[int, Progress] = {}
+    for eid, fields in entries:
+        node = int(fields[_EV_NODE])
+        if node not in wanted or node in started:
+            continue  # an older run's events, once the latest start was seen
+        kind = fields[_EV_KIND]
+        if kind == _STARTED:
+            attempt = fields.get(_EV_ATTEMPT)
+            started[node] = (int(eid.split(b"-")[0]), None if attempt is None else int(attempt))
+        elif kind == _PROGRESS and node not in progress:
+            progress[node] = _progress(fields)
+    out: list[RunningNode] = []
+    for node in nodes:
+        at, attempt = started.get(node, (None, None))
+        actor = ""
+        if loaded is not None and node < len(loaded.dag):
+            actor = loaded.dag.shapes[loaded.dag.shape_of[node]][0]
+        out.append(
+            RunningNode(
+                node=node,
+                actor=actor,
+                started=at,
+                attempt=attempt,
+                progress=progress.get(node) if node in started else None,
+            )
+        )
+    return tuple(out)
 
 
 @final

@@ -56,9 +56,24 @@ local CB_FIELD = {s = 'cb_s', f = 'cb_f'}
 -- dispatch modes (stored)
 local MODE = {DIRECT = 'd', READY = 'r'}
 -- event codes (stored)
-local EVENT = {NODE_SUCCEEDED = 'ok', NODE_FAILED = 'fail', STATE = 'state', NODE_RELEASED = 'rel'}
+local EVENT = {
+    NODE_SUCCEEDED = 'ok',
+    NODE_FAILED = 'fail',
+    STATE = 'state',
+    NODE_RELEASED = 'rel',
+    NODE_STARTED = 'start',
+    NODE_PROGRESS = 'prog',
+}
 -- event stream entry fields
-local EVENT_FIELD = {kind = 'k', node = 'n', state = 's'}
+local EVENT_FIELD = {
+    kind = 'k',
+    node = 'n',
+    state = 's',
+    attempt = 'a',
+    done = 'd',
+    total = 't',
+    note = 'm',
+}
 -- meta hash fields
 local F = {
     state = 'state',
@@ -86,6 +101,8 @@ local F = {
     on_success = 'cb_s',
     on_failure = 'cb_f',
     trace = 'traceparent',
+    name = 'name',
+    labels = 'labels',
 }
 -- the stored format this version writes
 local FORMAT = 2

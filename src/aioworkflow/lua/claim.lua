@@ -2,9 +2,9 @@
 -- KEYS: the 14 workflow keys (see _lib.lua)
 -- ARGV: workflow id, node index (or a CB kind for a callback), claim key (the delivery's push
 --       id: fresh per push, kept by redeliveries; the message id for a message queued before
---       push ids, whose ref has none), message token
---       ("" for a message without one), then the nodes whose stored results the node's piped
---       input needs
+--       push ids, whose ref has none), message token ("" for a message without one), attempt
+--       (1 for a first delivery, dramatiq's retries + 1), then the nodes whose stored results
+--       the node's piped input needs
 -- Reply: {code, results...} with a CLAIM code (_machine.ClaimCode):
 --   CLAIM.RUN: run it (results follow, in ARGV order, nil where missing)
 --   CLAIM.DONE: the node already completed        CLAIM.ENDED: workflow cancelled/succeeded
@@ -15,6 +15,8 @@
 --     REJECT.NODE: not a node index 0 <= n < total); nothing written
 --   {CLAIM.LOST, key}: a key of the live workflow is missing (evicted): nothing written; the
 --     worker then runs fail.lua for the node, which applies T.lose
+-- A task node that may RUN gets an EVENT.NODE_STARTED entry with its attempt (every run, a
+-- redelivery of the same message too: it runs again).
 -- The state alone decides ENDED and HELD (CLAIM_IN_STATE). A redelivery of the same message
 -- (same claim key: worker crash, dramatiq retry) may run again; a re-send of the node
 -- (reconciler, retry, resume) has a new one. Every push keeps the user's message id, so the
@@ -35,7 +37,7 @@ if IS_CB[node] then
 end
 local v = task_node(node, total)
 if not v then return {CLAIM.REJECTED, REJECT.NODE} end
-for i = 5, #ARGV do
+for i = 6, #ARGV do
     if not task_node(ARGV[i], total) then return {CLAIM.REJECTED, REJECT.NODE} end
 end
 if redis.call('GETBIT', DONE, v) == 1 then
@@ -66,13 +68,17 @@ if decided == CLAIM.HELD then
 end
 local prev = redis.call('HGET', CLAIMS, node)
 if prev and prev ~= mid then return {CLAIM.DUPLICATE} end
-redis.call('HSET', CLAIMS, node, mid)
-redis.call('ZREM', READY, node)
--- the results in slices: unpack fails past ~8000 values, and a piped step after a wide group
--- needs one result per branch
+-- the attempt only labels the event: anything but a small positive integer reads as 1
+local attempt = string.match(ARGV[5] or '', '^[1-9]%d?%d?%d?%d?%d?$') or '1'
+-- the results, read before the first write, in slices: unpack fails past ~8000 values, and a
+-- piped step after a wide group needs one result per branch
 local reply = {CLAIM.RUN}
-for lo = 5, #ARGV, PIPE_SLICE do
+for lo = 6, #ARGV, PIPE_SLICE do
     local part = redis.call('HMGET', RES, unpack(ARGV, lo, math.min(lo + PIPE_SLICE - 1, #ARGV)))
     for i = 1, #part do reply[#reply + 1] = part[i] end
 end
+redis.call('HSET', CLAIMS, node, mid)
+redis.call('ZREM', READY, node)
+redis.call('XADD', EV, 'MAXLEN', '~', EV_MAXLEN, '*', EVENT_FIELD.kind, EVENT.NODE_STARTED,
+    EVENT_FIELD.node, v, EVENT_FIELD.state, state, EVENT_FIELD.attempt, attempt)
 return reply
