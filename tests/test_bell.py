@@ -71,10 +71,11 @@ async def test_an_idle_worker_wakes_on_the_bell_when_a_node_is_released(redis_en
     # Given a worker whose consumers have backed off for seconds (worker_timeout 20 s)
     started = threading.Event()
 
-    @redis_env.actor(actor_name="bell_task")
-    def task(label: int) -> None:
+    def bell_task(label: int) -> None:
         if label == 2:
             started.set()
+
+    task: Any = redis_env.actor(bell_task, actor_name="bell_task")
 
     long_poll_worker(redis_env)
     settle_backoff()
@@ -91,9 +92,10 @@ async def test_a_plain_dramatiq_message_is_still_consumed(redis_env: Env) -> Non
     # Given a worker with the doorbell (and a short timeout: plain producers do not ring)
     done = threading.Event()
 
-    @redis_env.actor(actor_name="bell_plain")
-    def plain() -> None:
+    def bell_plain() -> None:
         done.set()
+
+    plain: Any = redis_env.actor(bell_plain, actor_name="bell_plain")
 
     long_poll_worker(redis_env, timeout_ms=100)
     # When a plain dramatiq producer sends a message
@@ -125,12 +127,12 @@ def test_idle_workers_send_no_more_commands_than_plain_dramatiq(
     client = redis.Redis.from_url(redis_url)
 
     # Given a plain dramatiq worker and a worker with the middleware, on the same queue
-    @dramatiq.actor(broker=redis_env.broker, actor_name="bell_idle")
     def idle() -> None:  # pragma: no cover - never sent
         pass
 
     plain = RedisBroker(url=redis_url)  # type: ignore[no-untyped-call]
-    dramatiq.actor(idle.fn, broker=plain, actor_name="bell_idle")
+    for broker in (redis_env.broker, plain):
+        dramatiq.actor(broker=broker, actor_name="bell_idle")(idle)
     # When each idles for the same window
     window = 5.0
     theirs = idle_commands(plain, client, window)

@@ -65,6 +65,13 @@ class Doorbell:
         self._events: dict[str, threading.Event] = {}
         self._users: dict[str, int] = {}  # consumers per bell (two workers in one process)
         self._thread: threading.Thread | None = None
+        # a client with a socket timeout would cut a longer BLPOP short with an error
+        pool: Any = getattr(client, "connection_pool", None)
+        kwargs: dict[str, Any] = dict(getattr(pool, "connection_kwargs", None) or {})
+        limit: Any = kwargs.get("socket_timeout")
+        self._block = _BLOCK_S
+        if isinstance(limit, (int, float)) and limit > 0:
+            self._block = max(1, min(_BLOCK_S, int(limit) - 1))
 
     def register(self, queue: str) -> threading.Event:
         """The event set when ``queue``'s bell rings (the waiting thread starts on first use)."""
@@ -110,7 +117,7 @@ class Doorbell:
                     break
                 keys = [*self._events, self._wake]
             try:
-                got: Any = self._client.blpop(keys, timeout=_BLOCK_S)
+                got: Any = self._client.blpop(keys, timeout=self._block)
             except Exception:  # noqa: BLE001 - any Redis failure: consumers still poll
                 time.sleep(_RETRY_S)
                 continue
