@@ -167,12 +167,12 @@ end
 -- bulk release wakes up to BELL_DEPTH waiting worker processes; unheard rings stay bounded).
 local BELL_DEPTH = 8
 local RUNG = {}
-local function ring(bell)
-    local n = RUNG[bell] or 0
+local function ring(i)
+    local n = RUNG[i] or 0
     if n >= BELL_DEPTH then return end
-    RUNG[bell] = n + 1
-    redis.call('LPUSH', bell, '1')
-    redis.call('LTRIM', bell, 0, BELL_DEPTH - 1)
+    RUNG[i] = n + 1
+    redis.call('LPUSH', KEYS[i], '1')
+    redis.call('LTRIM', KEYS[i], 0, BELL_DEPTH - 1)
 end
 
 -- Render a stored template and append it to its dramatiq queue, as RedisBroker.enqueue
@@ -188,7 +188,7 @@ local function push(field, now)
     local base = NKEYS + 3 * tonumber(slot)
     redis.call('HSET', KEYS[base + 2], id, payload)
     redis.call('RPUSH', KEYS[base + 1], id)
-    ring(KEYS[base + 3])
+    ring(base + 3)
     return true
 end
 
