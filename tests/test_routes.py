@@ -54,8 +54,10 @@ async def test_a_workflow_gets_the_route_of_the_mode_it_was_stored_with(broker_e
         assert route.queue_keys == [
             f"dramatiq:{queue}",
             f"dramatiq:{queue}.msgs",
+            f"dramatiq:{queue}.bell",
             f"dramatiq:{queue}.DQ",
             f"dramatiq:{queue}.DQ.msgs",
+            f"dramatiq:{queue}.DQ.bell",
         ]
     else:
         assert isinstance(route, ReadyRoute)

@@ -474,7 +474,7 @@ class StoreMachine(RuleBasedStateMachine):
         """
         pushed: Counter[tuple[str, Key]] = Counter()
         for queue in QUEUES:
-            lkey, hkey = queue_keys(NAMESPACE, [queue])
+            lkey, hkey, _bell = queue_keys(NAMESPACE, [queue])
             raw_ids = cast("list[bytes]", self.client.lrange(lkey, self.queue_seen[queue], -1))
             ids = [x.decode() for x in raw_ids]
             self.queue_seen[queue] += len(ids)

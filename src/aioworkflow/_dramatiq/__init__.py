@@ -6,6 +6,8 @@ Nothing outside this package names a RedisBroker key, a consumer, or a MessagePr
 * ``_redis_broker``: RedisBroker key names (queue lists and ``.msgs`` hashes, ack sets,
   heartbeats), the probe for "this broker is on the store's Redis", and the ack shortcut
   (``complete.lua`` acks the delivery; the wrapped consumer skips its own ack).
+* ``_bell``: push-woken consumers: the per-queue bell the direct-mode scripts ring, the
+  process's doorbell thread, and the consumer wrapper whose idle back-off the bell ends.
 * ``_route``: the per-workflow ``Route`` (direct: the scripts enqueue; ready: the caller
   enqueues what the scripts released), the only reader of ``Loaded.mode``.
 * ``_enqueue``: dramatiq messages for released nodes and callbacks, sent through the broker,

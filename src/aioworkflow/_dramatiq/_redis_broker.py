@@ -3,7 +3,8 @@
 The RedisBroker keeps, under its ``namespace``:
 
 * ``<ns>:<queue>``: the list of message ids waiting in a queue, and ``<ns>:<queue>.msgs``: the
-  hash of their payloads. Direct-mode scripts push released nodes into both (``queue_keys``).
+  hash of their payloads. Direct-mode scripts push released nodes into both (``queue_keys``),
+  and ring ``<ns>:<queue>.bell`` (ours, not dramatiq's: ``_bell``) to wake idle consumers.
 * ``<ns>:__acks__.<broker_id>.<queue>``: the ids a worker process fetched and has not acked;
   ``<ns>:__heartbeats__``: the zset of worker processes' last heartbeats. ``complete.lua``
   acks a delivery through these (``AckShortcut``), exactly as dramatiq's ``ack`` command would.
@@ -16,6 +17,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, cast, final
 
 from aioworkflow._store._base import BrokerAck
+
+from ._bell import BellConsumer, Doorbell, bell_key
 
 if TYPE_CHECKING:
     import dramatiq
@@ -37,10 +40,10 @@ def namespace_of(broker: dramatiq.Broker) -> str:
 
 
 def queue_keys(namespace: str, slots: list[str]) -> list[str]:
-    """dramatiq RedisBroker keys for each queue slot: the id list, then the message hash."""
+    """The keys a push needs for each queue slot: the id list, the message hash, the bell."""
     out: list[str] = []
     for queue in slots:
-        out += [f"{namespace}:{queue}", f"{namespace}:{queue}.msgs"]
+        out += [f"{namespace}:{queue}", f"{namespace}:{queue}.msgs", bell_key(namespace, queue)]
     return out
 
 
@@ -74,7 +77,7 @@ class AckShortcut:
         self._keys: dict[str, tuple[str, str, str]] = {}
 
     def install(self, store: StoreBackend, broker: dramatiq.Broker) -> bool:
-        """Enable the shortcut when ``broker`` is a RedisBroker on the store's Redis.
+        """Enable the shortcut (and the doorbell) when ``broker`` is a RedisBroker on the store's Redis.
 
         Returns:
             Whether this call enabled it (once per process: a second call does nothing).
@@ -106,13 +109,19 @@ class AckShortcut:
 
 
 def _skip_acked_acks(broker: dramatiq.Broker) -> None:
-    """Make ``broker``'s consumers skip the ack of deliveries ``complete.lua`` acked already.
+    """Make ``broker``'s consumers skip the ack of deliveries ``complete.lua`` acked already,
+    and wake on their queue's bell instead of sleeping out their back-off (``_bell``).
 
     Only a RedisBroker consumer that keeps the ``queued_message_ids`` set is wrapped (the ack
     it skips would only have removed the id from that set and found nothing left to do in
     Redis); any other consumer acks as usual, which stays correct, just one round trip dearer.
     """
     original = broker.consume
+    doorbell = Doorbell(
+        getattr(broker, "client"),  # noqa: B009 - checked by shares_store_redis
+        namespace_of(broker),
+        str(getattr(broker, "broker_id", "")),
+    )
 
     def consume(*args: Any, **kwargs: Any) -> Consumer:
         consumer = original(*args, **kwargs)
@@ -129,6 +138,10 @@ def _skip_acked_acks(broker: dramatiq.Broker) -> None:
                 ack(message)
 
         consumer.ack = ack_unless_done  # type: ignore[method-assign]
-        return consumer
+        queue: object = getattr(consumer, "queue_name", None)
+        fetch: object = getattr(getattr(consumer, "broker", None), "do_fetch", None)
+        if not hasattr(consumer, "message_cache") or fetch is None or not isinstance(queue, str):
+            return consumer  # not the RedisBroker consumer BellConsumer knows: it polls as is
+        return BellConsumer(consumer, doorbell)
 
     setattr(broker, "consume", consume)  # noqa: B010 - an instance attribute over the method

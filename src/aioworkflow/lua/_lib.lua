@@ -21,7 +21,8 @@
 --  12 failed  set     failed nodes (cleared by retry)
 --  13 dag     string  the encoded DAG (never read by Lua; listed so PEXPIRE covers it)
 --  14 st      stream  workflow state changes only (what waiters block on)
---  15..      pairs    dramatiq queue list key, queue .msgs hash key, one pair per queue slot
+--  15..      triples  dramatiq queue list key, queue .msgs hash key, queue .bell list (the
+--                     doorbell idle consumers wait on: _dramatiq/_bell.py), one per queue slot
 -- ARGV[1] is always the workflow id.
 -- No partial effects: Redis does not roll back a script that errors half-way, so every script
 -- validates its arguments (task_node, token_ok) and reads what it needs (missing_key,
@@ -162,9 +163,22 @@ local function id_prefix()
     return ID_PREFIX
 end
 
+-- Rings per queue slot in this script: at most BELL_DEPTH, the bell trimmed to that length (a
+-- bulk release wakes up to BELL_DEPTH waiting worker processes; unheard rings stay bounded).
+local BELL_DEPTH = 8
+local RUNG = {}
+local function ring(i)
+    local n = RUNG[i] or 0
+    if n >= BELL_DEPTH then return end
+    RUNG[i] = n + 1
+    redis.call('LPUSH', KEYS[i], '1')
+    redis.call('LTRIM', KEYS[i], 0, BELL_DEPTH - 1)
+end
+
 -- Render a stored template and append it to its dramatiq queue, as RedisBroker.enqueue
--- would: HSET <queue>.msgs id payload, RPUSH <queue> id. Every push gets a fresh id: the
--- redis_message_id and the ref's push id (the claim key); the message_id is in the template.
+-- would: HSET <queue>.msgs id payload, RPUSH <queue> id, then ring the queue's bell. Every
+-- push gets a fresh id: the redis_message_id and the ref's push id (the claim key); the
+-- message_id is in the template.
 local function push(field, now)
     local t = redis.call('HGET', TPL, field)
     if not t then return false end
@@ -172,9 +186,10 @@ local function push(field, now)
     local id = id_prefix() .. '.' .. field .. '.' .. redis.call('HINCRBY', META, F.seq, 1)
     local payload = string.gsub(body, '%z(%u)', {
         I = json_escape(id), T = tostring(now), E = tostring(now + tonumber(delay))})
-    local base = NKEYS + 2 * tonumber(slot)
+    local base = NKEYS + 3 * tonumber(slot)
     redis.call('HSET', KEYS[base + 2], id, payload)
     redis.call('RPUSH', KEYS[base + 1], id)
+    ring(base + 3)
     return true
 end
 

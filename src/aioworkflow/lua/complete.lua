@@ -3,7 +3,7 @@
 -- release what reached zero, and after the last node apply T.finish (on_success dispatched).
 -- Everything is read and checked first (plan_cascade, templates); a missing key applies
 -- T.lose instead and nothing else is written.
--- KEYS: the 14 workflow keys (see _lib.lua), then queue key pairs (direct mode)
+-- KEYS: the 14 workflow keys (see _lib.lua), then queue key triples (direct mode)
 --       then, to ack the RedisBroker delivery here too: its ack set, its queue's .msgs hash,
 --       the heartbeats zset (the last three keys)
 -- ARGV: workflow id, node index, result blob, "1" to store the result else "0", message token

@@ -2,7 +2,7 @@
 -- In one atomic step: record the failure, apply T.fail (RUNNING | PAUSED -> FAILED: nothing new
 -- is released from then on), record which node failed and why, and dispatch on_failure once.
 -- Everything is read and checked before the first write; a missing key applies T.lose instead.
--- KEYS: the 14 workflow keys (see _lib.lua), then queue key pairs (direct mode)
+-- KEYS: the 14 workflow keys (see _lib.lua), then queue key triples (direct mode)
 -- ARGV: workflow id, node index, actor name, exception type, exception message, message token
 --       ("" for none)
 -- Reply: {outcome, state, callback}

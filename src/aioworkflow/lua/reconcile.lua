@@ -3,7 +3,7 @@
 -- entry's timestamp is bumped, so concurrent reconcilers do not both re-enqueue it; a
 -- duplicate that still gets through is skipped by claim.lua. What becomes of a stale node
 -- follows ON_RELEASE, as for a fresh release.
--- KEYS: the 14 workflow keys (see _lib.lua), then queue key pairs (direct mode)
+-- KEYS: the 14 workflow keys (see _lib.lua), then queue key triples (direct mode)
 -- ARGV: workflow id, age in ms, max entries
 -- Reply: {outcome, state, remaining ready entries, entries to enqueue...}
 --   outcome OUT.APPLIED: ok; OUT.MISSING: no such workflow (the caller drops it from the

@@ -1,6 +1,6 @@
 -- resume.lua: compare-and-set T.resume (PAUSED -> RUNNING) and release every held node exactly
 -- once (the held set is emptied in the same step).
--- KEYS: the 14 workflow keys (see _lib.lua), then queue key pairs (direct mode)
+-- KEYS: the 14 workflow keys (see _lib.lua), then queue key triples (direct mode)
 -- ARGV: workflow id
 -- Reply: {outcome, state, released...}  OUT.APPLIED: resumed; OUT.UNCHANGED: not PAUSED;
 --   OUT.MISSING: no such workflow; {OUT.LOST, state, key, callback?}: a key (or a held node's

@@ -1,7 +1,7 @@
 -- retry.lua: compare-and-set T.retry (FAILED -> RUNNING); release the failed nodes and the
 -- nodes held while the workflow was failed, each once; clear the failure record. A second,
 -- concurrent retry finds RUNNING and changes nothing.
--- KEYS: the 14 workflow keys (see _lib.lua), then queue key pairs (direct mode)
+-- KEYS: the 14 workflow keys (see _lib.lua), then queue key triples (direct mode)
 -- ARGV: workflow id
 -- Reply: {outcome, state, released...}  OUT.APPLIED: retried; OUT.UNCHANGED: not FAILED;
 --   OUT.MISSING: no such workflow; {OUT.LOST, state, key}: a key (or a node's template) is

@@ -3,7 +3,7 @@
 -- Big root sets are released in several calls: the first with phase "first", the rest "more".
 -- Each call names the offset of its chunk in the root list; F.roots_released counts the roots
 -- released so far, so a chunk sent again (a retried run()) releases nothing twice.
--- KEYS: the 14 workflow keys (see _lib.lua), then queue key pairs (direct mode)
+-- KEYS: the 14 workflow keys (see _lib.lua), then queue key triples (direct mode)
 -- ARGV: workflow id, phase ("first" | "more"), chunk offset, root node indices...
 -- Reply: {outcome, state, released...}
 --   OUT.APPLIED: done; OUT.UNCHANGED: nothing changed (not PENDING on "first", chunk already
