@@ -42,6 +42,7 @@ from aioworkflow.errors import (
 from ._base import DEFAULT_FAILED_RETENTION, DEFAULT_RETENTION, Loaded, retention_ms
 from ._policy import EvictionCheck
 from ._scripts import SOURCES, ScriptName, explain
+from ._waits import StreamWaits
 from ._wire import WireScripts, reply_error
 
 if TYPE_CHECKING:
@@ -265,12 +266,17 @@ class _SyncDriver:
 class _AsyncDriver:
     """The client-side driver (redis.asyncio), bound to one event loop."""
 
-    def __init__(self, client: Any) -> None:
+    def __init__(self, client: Any, *, multiplex: bool = True) -> None:
         self._client = client
         self._scripts = {n: client.register_script(src) for n, src in SOURCES.items()}
+        # blocking reads share a few connections (see _waits); Redis Cluster keeps one XREAD
+        # per waiter (a multi-key XREAD must stay in one slot)
+        self._waits = StreamWaits(client, map_exceptions) if multiplex else None
 
     async def aclose(self) -> None:
-        """Close this driver's connection pool."""
+        """Stop the stream readers and close this driver's connection pool."""
+        if self._waits is not None:
+            await self._waits.aclose()
         await self._client.aclose()
 
     async def _call(self, call: ScriptCall) -> Any:
@@ -382,27 +388,31 @@ class _AsyncDriver:
     ) -> list[Event]:
         keys = _keys.keys_of(workflow_id)
         key = keys.st if states_only else keys.ev
-        if block_ms is not None:  # stay well inside redis-py's socket read timeout
-            block_ms = min(block_ms, MAX_BLOCK_MS)
-        with map_exceptions():
-            reply: Any = await self._client.xread({key: after}, count=count, block=block_ms)
-        streams: list[Any] = reply or []
+        entries: list[Any]
+        if block_ms is not None and self._waits is not None and after != "$":
+            entries = (await self._waits.read(key, after, block_ms))[:count]
+        else:
+            if block_ms is not None:  # stay well inside redis-py's socket read timeout
+                block_ms = min(block_ms, MAX_BLOCK_MS)
+            with map_exceptions():
+                reply: Any = await self._client.xread({key: after}, count=count, block=block_ms)
+            streams: list[Any] = reply or []
+            entries = [e for stream in streams for e in stream[1]]
         out: list[Event] = []
-        for _stream, entries in streams:
-            for eid, fields in entries:
-                state = State(fields[_EV_STATE].decode())
-                if states_only:
-                    out.append(Event(id=eid.decode(), kind="state", node=None, state=state))
-                    continue
-                node = int(fields[_EV_NODE])
-                out.append(
-                    Event(
-                        id=eid.decode(),
-                        kind=_EVENT_KINDS[fields[_EV_KIND]],
-                        node=None if node < 0 else node,
-                        state=state,
-                    )
+        for eid, fields in entries:
+            state = State(fields[_EV_STATE].decode())
+            if states_only:
+                out.append(Event(id=eid.decode(), kind="state", node=None, state=state))
+                continue
+            node = int(fields[_EV_NODE])
+            out.append(
+                Event(
+                    id=eid.decode(),
+                    kind=_EVENT_KINDS[fields[_EV_KIND]],
+                    node=None if node < 0 else node,
+                    state=state,
                 )
+            )
         return out
 
     async def last_event_id(self, workflow_id: str, *, states_only: bool = False) -> str:
@@ -502,7 +512,7 @@ class RedisStore:
                     max_connections=AIO_MAX_CONNECTIONS, timeout=None, **{**kept, **_LIB}
                 )
                 client = redis.asyncio.Redis.from_pool(pool)
-            driver = self._aio[loop] = _AsyncDriver(client)
+            driver = self._aio[loop] = _AsyncDriver(client, multiplex=not self.cluster)
         return driver
 
     async def aclose(self) -> None:
