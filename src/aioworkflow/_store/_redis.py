@@ -67,6 +67,8 @@ AIO_MAX_CONNECTIONS = 64
 MAX_BLOCK_MS = 2000
 #: Template fields written per HSET when storing a workflow.
 TEMPLATE_CHUNK = 250
+#: Largest stored DAG + successor list uploaded in the one-round-trip path.
+FUSE_MAX_BYTES = 64 << 10
 
 #: Scripts every task runs: sent through the lean wire path where the client allows it.
 _HOT = frozenset((ScriptName.CLAIM, ScriptName.COMPLETE, ScriptName.FAIL))
@@ -268,6 +270,7 @@ class _AsyncDriver:
 
     def __init__(self, client: Any, *, multiplex: bool = True) -> None:
         self._client = client
+        self._fuse = multiplex  # standalone Redis: one-round-trip upload + start
         self._scripts = {n: client.register_script(src) for n, src in SOURCES.items()}
         # blocking reads share a few connections (see _waits); Redis Cluster keeps one XREAD
         # per waiter (a multi-key XREAD must stay in one slot)
@@ -312,6 +315,12 @@ class _AsyncDriver:
         claimed = p.parse_submit(await self._call(p.submit_call(workflow_id, token, retention)))
         if claimed.code is SubmitCode.TAKEN:
             raise WorkflowExists(f"a workflow with id {workflow_id!r} already exists")
+        roots = list(upload.roots)
+        if claimed.pending and self._fusable(upload, roots):
+            # small workflow: upload and start in one MULTI/EXEC round trip
+            reply = await self._upload_and_start(workflow_id, upload, queue_keys, roots)
+            done = p.parse_start(reply)
+            return Completion(Outcome.APPLIED, done.state, tuple(done.released))
         if claimed.pending:
             with map_exceptions():
                 pipe = c.pipeline(transaction=False)
@@ -331,7 +340,6 @@ class _AsyncDriver:
                 if items:
                     await c.pexpire(keys.tpl, retention)
                 await c.zadd(_keys.ACTIVE, {workflow_id: int(time.time() * 1000)})
-        roots = list(upload.roots)
         first = await self._call(p.start_call(workflow_id, True, 0, roots[:ROOT_CHUNK], queue_keys))
         done = p.parse_start(first)
         released = list(done.released)
@@ -341,6 +349,49 @@ class _AsyncDriver:
             )
             released += p.parse_start(more).released
         return Completion(Outcome.APPLIED, done.state, tuple(released))
+
+    def _fusable(self, upload: Upload, roots: list[int]) -> bool:
+        # one transaction stays short and its arguments modest; Redis Cluster cannot put the
+        # global active set in the workflow's slot
+        return (
+            self._fuse
+            and len(roots) <= ROOT_CHUNK
+            and len(upload.templates) <= TEMPLATE_CHUNK
+            and len(upload.dag) + len(upload.succ) <= FUSE_MAX_BYTES
+        )
+
+    async def _upload_and_start(
+        self, workflow_id: str, upload: Upload, queue_keys: list[str], roots: list[int]
+    ) -> Any:
+        """Store a claimed (PENDING) upload and run start.lua's first phase in one MULTI/EXEC:
+        all of it applies or nothing does (an -OOM at queueing aborts the EXEC). A lost reply
+        is retried by ``submit``: the claim is then found RUNNING and start says UNCHANGED."""
+        keys = _keys.keys_of(workflow_id)
+        retention = int(upload.meta[MetaField.RETENTION_MS])
+        call = p.start_call(workflow_id, True, 0, roots, queue_keys)
+        script = self._scripts[ScriptName.START]
+        with map_exceptions(ScriptName.START):
+            pipe = self._client.pipeline(transaction=True)
+            pipe.hset(keys.meta, mapping=upload.meta)
+            pipe.set(keys.cnt, upload.cnt)
+            pipe.set(keys.off, upload.off)
+            pipe.set(keys.succ, upload.succ)
+            pipe.set(keys.dag, upload.dag)
+            for key in keys:  # as on the chunked path: start.lua persists them
+                pipe.pexpire(key, retention)
+            if upload.templates:
+                pipe.hset(keys.tpl, mapping=upload.templates)
+                pipe.pexpire(keys.tpl, retention)
+            pipe.zadd(_keys.ACTIVE, {workflow_id: int(time.time() * 1000)})
+            # a raw EVALSHA: redis-py's pipelined Script would cost a SCRIPT EXISTS round trip
+            pipe.execute_command("EVALSHA", script.sha, len(call.keys), *call.keys, *call.args)
+            replies = await pipe.execute(raise_on_error=False)
+            reply = replies[-1]
+            if isinstance(reply, redis.exceptions.NoScriptError):  # the upload applied
+                return await self._call(call)  # loads the script, then runs it
+            if isinstance(reply, Exception):
+                raise reply
+            return reply
 
     async def meta(self, workflow_id: str) -> tuple[dict[str, str], int] | None:
         keys = _keys.keys_of(workflow_id)
