@@ -4,6 +4,7 @@ wait() and status() of another workflow stay fast meanwhile (issue 15)."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import time
 from collections.abc import AsyncIterator  # noqa: TC003 - fixture types
 from typing import Any
@@ -12,7 +13,7 @@ import dramatiq
 import pytest
 import redis
 
-from aioworkflow import State, Workflow, WorkflowHandle
+from aioworkflow import State, SyncWorkflowHandle, Workflow, WorkflowHandle
 from aioworkflow._store import _waits
 from tests.conftest import Env, make_env
 
@@ -122,3 +123,30 @@ async def test_waits_survive_killed_connections(redis_env: Env, redis_url: str) 
     # Then every waiter still sees its workflow's end
     ended = await asyncio.wait_for(asyncio.gather(*waits), 30)
     assert {s.state for s in ended} == {State.CANCELLED}
+
+
+async def test_sync_waits_from_many_threads_leave_the_sync_client_fast(redis_env: Env) -> None:
+    # Given 200 threads blocked in SyncWorkflowHandle.wait() (all on the portal's event loop)
+    handles = await _parked(redis_env, 50)
+    fast = _fast_worker(redis_env)
+    syncs = [SyncWorkflowHandle(h) for h in handles]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=201) as pool:
+        blocked = [pool.submit(s.wait, 120) for s in syncs for _ in range(4)]
+
+        def other() -> float:
+            t0 = time.perf_counter()
+            h = Workflow(fast.message()).run_sync()
+            assert h.wait(timeout=30).state is State.SUCCEEDED
+            h.status()
+            return time.perf_counter() - t0
+
+        # When another thread runs, waits for and inspects a workflow
+        took = await asyncio.to_thread(lambda: min(other() for _ in range(3)))
+        print(f"\nsync run+wait+status with 200 threads waiting: {took:.3f} s")
+        # Then it is fast, and the blocked threads are released by their workflows' ends
+        assert took < 2.0, took
+        assert not any(f.done() for f in blocked)
+        for h in handles:
+            await h.cancel()
+        states = {f.result(timeout=30).state for f in blocked}
+        assert states == {State.CANCELLED}
