@@ -239,7 +239,7 @@ def main() -> None:
                 results[label] = json.loads(out.stdout.strip().splitlines()[-1])
                 _report(label, results[label])
         try:
-            from bench.latency_client import client_cases  # type: ignore[import-not-found]
+            from bench.latency_client import client_cases
         except ImportError:
             print("\nbench/latency_client.py is missing: client-side cases not run")
         else:

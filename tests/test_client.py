@@ -169,6 +169,41 @@ class TestSubmit:
         await drain(redis_env)
         assert sorted(map(str, redis_env.rec.labels())) == sorted(map(str, [*range(25), "z"]))
 
+    @pytest.mark.parametrize("lost", ["before", "after"])
+    async def test_a_small_submission_whose_one_round_trip_is_lost_releases_each_root_once(
+        self, redis_env: Env, monkeypatch: pytest.MonkeyPatch, lost: str
+    ) -> None:
+        # Given a store whose connection drops once around the one-round-trip upload + start
+        # of a small workflow (before: nothing sent; after: it applied, its reply is lost)
+        driver = redis_env.store.aio()
+        real = driver._upload_and_start
+        calls: list[str] = []
+
+        async def reply_lost(*args: Any) -> Any:
+            calls.append("fused")
+            if lost == "before" and len(calls) == 1:
+                raise StoreConnectionError("connection lost before the request")
+            reply = await real(*args)
+            if lost == "after" and len(calls) == 1:
+                raise StoreConnectionError("connection lost before the reply")
+            return reply
+
+        monkeypatch.setattr(driver, "_upload_and_start", reply_lost)
+        t = declare_task(redis_env)
+        # When a workflow with 5 roots is run
+        handle = await Workflow(
+            Chain(Group(*[t.message(i) for i in range(5)]), t.message("z"))
+        ).run()
+        # Then the one-round-trip path ran (again only if nothing had applied)
+        assert calls == (["fused", "fused"] if lost == "before" else ["fused"])
+        assert (await handle.status()).total == 6
+        # and each root was enqueued once, and every node runs exactly once
+        assert redis_env.store.client.hlen(f"dramatiq:{t.queue_name}.msgs") == 5
+        redis_env.worker()
+        assert (await handle.wait(timeout=30)).state is State.SUCCEEDED
+        await drain(redis_env)
+        assert sorted(map(str, redis_env.rec.labels())) == sorted(map(str, [*range(5), "z"]))
+
     async def test_running_without_the_middleware_is_a_configuration_error(self) -> None:
         with pytest.raises(ConfigurationError, match="WorkflowMiddleware"):
             await Workflow(Chain(), id="x").run(broker=StubBroker())

@@ -107,6 +107,9 @@ def _resolve(
 #: busy or failing-over Redis) before raising them; ``wait()`` retries until its timeout.
 PATIENCE = 60.0
 _FIRST_PAUSE, _MAX_PAUSE = 0.05, 2.0
+#: Longest single blocking read of ``wait()`` before it reads the state again. Blocked waits
+#: cost nothing but a place in a shared read (``_store/_waits``), so it can be long.
+WAIT_SLICE = 30.0
 
 
 async def _check_store(store: StoreBackend) -> None:
@@ -359,9 +362,13 @@ class WorkflowHandle:
         deadline = None if timeout is None else time.monotonic() + timeout
         last: str | None = None
         status: WorkflowStatus | None = None
+        stale = False
         pause = _FIRST_PAUSE
         while True:
-            remaining = 5.0 if deadline is None else min(5.0, deadline - time.monotonic())
+            # one blocking read at most WAIT_SLICE long, then the state is read again
+            remaining = (
+                WAIT_SLICE if deadline is None else min(WAIT_SLICE, deadline - time.monotonic())
+            )
             if remaining <= 0:
                 state = "unknown" if status is None else status.state
                 raise WorkflowTimeout(f"workflow {self.id} still {state} after {timeout} s")
@@ -370,12 +377,16 @@ class WorkflowHandle:
                 aio = self.store.aio()
                 if last is None:  # the stream position before the state is read
                     last = await aio.last_event_id(self.id, states_only=True)
-                elif status is not None:
+                elif status is not None and not stale:
                     block_ms = max(1, int(remaining * 1000))
                     events = await aio.events(self.id, last, block_ms=block_ms, states_only=True)
                     if events:
                         last = events[-1].id
+                # until the state is read after the events seen, do not block again: an end
+                # read past but not yet checked would otherwise wait a whole slice
+                stale = True
                 status = await self._status()
+                stale = False
                 if status.done:
                     return status
                 pause = _FIRST_PAUSE

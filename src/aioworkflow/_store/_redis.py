@@ -43,6 +43,7 @@ from ._base import DEFAULT_FAILED_RETENTION, DEFAULT_RETENTION, Loaded, retentio
 from ._index import Entry, index_page
 from ._policy import EvictionCheck
 from ._scripts import SOURCES, ScriptName, explain
+from ._waits import StreamWaits
 from ._wire import WireScripts, reply_error
 
 if TYPE_CHECKING:
@@ -67,6 +68,8 @@ AIO_MAX_CONNECTIONS = 64
 MAX_BLOCK_MS = 2000
 #: Template fields written per HSET when storing a workflow.
 TEMPLATE_CHUNK = 250
+#: Largest stored DAG + successor list uploaded in the one-round-trip path.
+FUSE_MAX_BYTES = 64 << 10
 
 #: Scripts every task runs: sent through the lean wire path where the client allows it.
 _HOT = frozenset((ScriptName.CLAIM, ScriptName.COMPLETE, ScriptName.FAIL))
@@ -304,13 +307,24 @@ class _SyncDriver:
 class _AsyncDriver:
     """The client-side driver (redis.asyncio), bound to one event loop."""
 
-    def __init__(self, client: Any, wait: _durable.Wait | None = None) -> None:
+    def __init__(
+        self, client: Any, wait: _durable.Wait | None = None, *, multiplex: bool = True
+    ) -> None:
         self._client = client
         self._wait = wait
+        # standalone Redis: one-round-trip upload + start; not with replicas=N, whose WAIT
+        # follows each script call (the fused transaction would skip it)
+        self._fuse = multiplex and wait is None
         self._scripts = {n: client.register_script(src) for n, src in SOURCES.items()}
+        # blocking reads share a few connections (see _waits); Redis Cluster keeps one XREAD
+        # per waiter (a multi-key XREAD must stay in one slot)
+        self._waits = StreamWaits(client, map_exceptions) if multiplex else None
 
     async def aclose(self) -> None:
-        """Close this driver's connection pool (and its Sentinel connections)."""
+        """Stop the stream readers and close this driver's connection pool (and its Sentinel
+        connections)."""
+        if self._waits is not None:
+            await self._waits.aclose()
         await _connect.aclose(self._client)
 
     async def _call(self, call: ScriptCall) -> Any:
@@ -350,6 +364,12 @@ class _AsyncDriver:
         claimed = p.parse_submit(await self._call(p.submit_call(workflow_id, token, retention)))
         if claimed.code is SubmitCode.TAKEN:
             raise WorkflowExists(f"a workflow with id {workflow_id!r} already exists")
+        roots = list(upload.roots)
+        if claimed.pending and self._fusable(upload, roots):
+            # small workflow: upload and start in one MULTI/EXEC round trip
+            reply = await self._upload_and_start(workflow_id, upload, queue_keys, roots)
+            done = p.parse_start(reply)
+            return Completion(Outcome.APPLIED, done.state, tuple(done.released))
         if claimed.pending:
             with map_exceptions():
                 pipe = c.pipeline(transaction=False)
@@ -384,6 +404,52 @@ class _AsyncDriver:
             )
             released += p.parse_start(more).released
         return Completion(Outcome.APPLIED, done.state, tuple(released))
+
+    def _fusable(self, upload: Upload, roots: list[int]) -> bool:
+        # one transaction stays short and its arguments modest; Redis Cluster cannot put the
+        # global active set in the workflow's slot
+        return (
+            self._fuse
+            and len(roots) <= ROOT_CHUNK
+            and len(upload.templates) <= TEMPLATE_CHUNK
+            and len(upload.dag) + len(upload.succ) <= FUSE_MAX_BYTES
+        )
+
+    async def _upload_and_start(
+        self, workflow_id: str, upload: Upload, queue_keys: list[str], roots: list[int]
+    ) -> Any:
+        """Store a claimed (PENDING) upload and run start.lua's first phase in one MULTI/EXEC:
+        all of it applies or nothing does (an -OOM at queueing aborts the EXEC). A lost reply
+        is retried by ``submit``: the claim is then found RUNNING and start says UNCHANGED."""
+        keys = _keys.keys_of(workflow_id)
+        retention = int(upload.meta[MetaField.RETENTION_MS])
+        call = p.start_call(workflow_id, True, 0, roots, queue_keys)
+        script = self._scripts[ScriptName.START]
+        with map_exceptions(ScriptName.START):
+            pipe = self._client.pipeline(transaction=True)
+            pipe.hset(keys.meta, mapping=upload.meta)
+            pipe.set(keys.cnt, upload.cnt)
+            pipe.set(keys.off, upload.off)
+            pipe.set(keys.succ, upload.succ)
+            pipe.set(keys.dag, upload.dag)
+            for key in keys:  # as on the chunked path: start.lua persists them
+                pipe.pexpire(key, retention)
+            if upload.templates:
+                pipe.hset(keys.tpl, mapping=upload.templates)
+                pipe.pexpire(keys.tpl, retention)
+            pipe.zadd(_keys.ACTIVE, {workflow_id: int(time.time() * 1000)})
+            pipe.zadd(
+                _keys.index_key(workflow_id), {workflow_id: int(upload.meta[MetaField.CREATED])}
+            )
+            # a raw EVALSHA: redis-py's pipelined Script would cost a SCRIPT EXISTS round trip
+            pipe.execute_command("EVALSHA", script.sha, len(call.keys), *call.keys, *call.args)
+            replies = await pipe.execute(raise_on_error=False)
+            reply = replies[-1]
+            if isinstance(reply, redis.exceptions.NoScriptError):  # the upload applied
+                return await self._call(call)  # loads the script, then runs it
+            if isinstance(reply, Exception):
+                raise reply
+            return reply
 
     async def meta(self, workflow_id: str) -> tuple[dict[str, str], int] | None:
         keys = _keys.keys_of(workflow_id)
@@ -437,19 +503,23 @@ class _AsyncDriver:
     ) -> list[Event]:
         keys = _keys.keys_of(workflow_id)
         key = keys.st if states_only else keys.ev
-        if block_ms is not None:  # stay well inside redis-py's socket read timeout
-            block_ms = min(block_ms, MAX_BLOCK_MS)
-        with map_exceptions():
-            reply: Any = await self._client.xread({key: after}, count=count, block=block_ms)
-        streams: list[Any] = reply or []
+        entries: list[Any]
+        if block_ms is not None and self._waits is not None and after != "$":
+            entries = (await self._waits.read(key, after, block_ms))[:count]
+        else:
+            if block_ms is not None:  # stay well inside redis-py's socket read timeout
+                block_ms = min(block_ms, MAX_BLOCK_MS)
+            with map_exceptions():
+                reply: Any = await self._client.xread({key: after}, count=count, block=block_ms)
+            streams: list[Any] = reply or []
+            entries = [e for stream in streams for e in stream[1]]
         out: list[Event] = []
-        for _stream, entries in streams:
-            for eid, fields in entries:
-                state = State(fields[_EV_STATE].decode())
-                if states_only:
-                    out.append(Event(id=eid.decode(), kind="state", node=None, state=state))
-                    continue
-                out.append(_event(eid, fields, state))
+        for eid, fields in entries:
+            state = State(fields[_EV_STATE].decode())
+            if states_only:
+                out.append(Event(id=eid.decode(), kind="state", node=None, state=state))
+                continue
+            out.append(_event(eid, fields, state))
         return out
 
     async def running_nodes(
@@ -643,7 +713,9 @@ class RedisStore:
         loop = asyncio.get_running_loop()
         driver = self._aio.get(loop)
         if driver is None:
-            driver = self._aio[loop] = _AsyncDriver(self._factory(), self._wait)
+            driver = self._aio[loop] = _AsyncDriver(
+                self._factory(), self._wait, multiplex=not self.cluster
+            )
         return driver
 
     async def aclose(self) -> None:
