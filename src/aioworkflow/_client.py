@@ -120,9 +120,10 @@ async def _check_store(store: StoreBackend) -> None:
 
 
 async def _patiently(store: StoreBackend, call: Callable[[], Awaitable[T]]) -> T:
-    """``call()``, retried with capped back-off on transient store errors for ``PATIENCE``
-    seconds: every call wrapped here reads, or is idempotent for the caller."""
-    deadline = time.monotonic() + PATIENCE
+    """``call()``, retried with capped back-off on transient store errors for the store's
+    ``patience`` (``PATIENCE`` seconds if it has none): every call wrapped here reads, or is
+    idempotent for the caller."""
+    deadline = time.monotonic() + getattr(store, "patience", PATIENCE)
     pause = _FIRST_PAUSE
     while True:
         try:

@@ -50,6 +50,10 @@ CONTROL_COMMANDS = ("cancel", "pause", "resume", "retry")
 class CommandError(Exception):
     """A user-facing error: printed as one line, exit code 2."""
 
+#: Seconds a command retries a Redis that is unreachable or refusing before it gives up with
+#: one line (a person is waiting; workers and apps keep the store's one minute).
+CLI_PATIENCE = 3.0
+
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -252,7 +256,7 @@ async def _remote(args: argparse.Namespace, out: TextIO) -> int:
 
     broker = _control_broker(args)
     try:
-        store = RedisStore(url=args.redis)
+        store = RedisStore(url=args.redis, patience=CLI_PATIENCE)
     except ValueError as exc:  # a malformed URL
         broker.close()
         raise CommandError(f"--redis: {exc}") from exc
@@ -279,7 +283,7 @@ async def _list(args: argparse.Namespace, out: TextIO) -> int:
 
     since = None if args.since is None else parse_duration(args.since)
     try:
-        store = RedisStore(url=args.redis)
+        store = RedisStore(url=args.redis, patience=CLI_PATIENCE)
     except ValueError as exc:  # a malformed URL
         raise CommandError(f"--redis: {exc}") from exc
     try:

@@ -642,6 +642,9 @@ class RedisStore:
             after every script); fewer is a transient error, retried. 0 (default): the
             primary's reply is enough, and a failover may lose the last writes.
         replica_timeout: seconds each ``WAIT`` may block.
+        patience: seconds a client call (``run()``, ``status()``, control calls, ...) keeps
+            retrying transient errors (a lost connection, a full, busy or failing-over Redis)
+            before raising them (default one minute; the CLI uses a few seconds).
 
     Raises:
         ConfigurationError: a retention is not a positive finite number, a bad URL, a client
@@ -658,6 +661,7 @@ class RedisStore:
         result_limit: int = 1 << 20,
         failed_retention: float = DEFAULT_FAILED_RETENTION,
         allow_eviction: bool = False,
+        patience: float = 60.0,
         replicas: int = 0,
         replica_timeout: float = 1.0,
     ) -> None:
@@ -679,6 +683,7 @@ class RedisStore:
         self._secrets = _urls.secrets_of(client, url)
         self.url = url
         self.replicas = replicas
+        self.patience: float = patience
         self.result_limit = result_limit
         self._wait = wait
         self._client: Any = client
