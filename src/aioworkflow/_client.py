@@ -183,8 +183,8 @@ class Workflow:
         labels: Mapping[str, str] | None = None,
     ) -> None:
         _check_step(canvas, "Workflow")
-        self.name = check_name(name)
-        self.labels = check_labels(labels)
+        self.name: str | None = check_name(name)
+        self.labels: dict[str, str] = check_labels(labels)
         if id is not None:
             check_workflow_id(id)
         for what, cb in (("on_success", on_success), ("on_failure", on_failure)):

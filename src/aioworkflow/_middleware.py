@@ -57,7 +57,7 @@ from ._nodes import NodeOps
 from ._plan import OPTION
 from ._progress import Reporter, activate, finish
 from ._reconciler import Reconciler
-from ._upload import ref_token
+from ._upload import parse_ref, ref_token
 from .errors import ConfigurationError, StoreUnavailable
 
 if TYPE_CHECKING:
@@ -222,10 +222,18 @@ class WorkflowMiddleware(dramatiq.Middleware):
             raise
         except Exception as exc:
             raise _ClaimFailed(f"could not claim {message}: {exc!r}") from exc
-        # a task node: report_progress reaches the store (a callback: it does nothing)
+        # a task node: report_progress reaches the store (a callback: it does nothing); the
+        # progress script checks the delivery still holds the node's claim, by its claim key
+        parsed = parse_ref(ref)
         activate(
-            Reporter(self._nodes.store.sync, ref[0], ref[1], message.message_id, ref_token(ref))
-            if isinstance(ref[1], int)
+            Reporter(
+                self._nodes.store.sync,
+                parsed.workflow_id,
+                parsed.node,
+                parsed.claim_key(message.message_id),
+                parsed.token,
+            )
+            if not isinstance(parsed, str) and isinstance(parsed.node, int)
             else None
         )
 

@@ -50,6 +50,7 @@ CONTROL_COMMANDS = ("cancel", "pause", "resume", "retry")
 class CommandError(Exception):
     """A user-facing error: printed as one line, exit code 2."""
 
+
 #: Seconds a command retries a Redis that is unreachable or refusing before it gives up with
 #: one line (a person is waiting; workers and apps keep the store's one minute).
 CLI_PATIENCE = 3.0
