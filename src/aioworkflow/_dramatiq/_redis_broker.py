@@ -16,11 +16,17 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, cast, final
 
+from dramatiq.errors import BrokerConnectionError
+
 from aioworkflow._store._base import BrokerAck
+from aioworkflow._store._redis import map_exceptions
+from aioworkflow.errors import StoreUnavailable
 
 from ._bell import BellConsumer, Doorbell, bell_key
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     import dramatiq
     from dramatiq.broker import Consumer, MessageProxy
 
@@ -108,6 +114,19 @@ class AckShortcut:
         return BrokerAck(keys, redis_id, self._broker_id)
 
 
+def _until_recorded(call: Callable[[], None]) -> None:
+    """dramatiq's own ack or nack, with a Redis that answers an error reply for a while (OOM,
+    BUSY, READONLY...) made a connection error: dramatiq then retries the post-processing every
+    second without acking; it would otherwise log a ``ResponseError`` as a bug and leave the
+    delivery in the ack set until the worker restarts (its ack script's first write is the
+    heartbeat ``ZADD``, which ``-OOM`` refuses)."""
+    try:
+        with map_exceptions():
+            call()
+    except StoreUnavailable as exc:
+        raise BrokerConnectionError(f"ack deferred: {exc}") from exc  # type: ignore[no-untyped-call]
+
+
 def _skip_acked_acks(broker: dramatiq.Broker) -> None:
     """Make ``broker``'s consumers skip the ack of deliveries ``complete.lua`` acked already,
     and wake on their queue's bell instead of sleeping out their back-off (``_bell``).
@@ -129,15 +148,16 @@ def _skip_acked_acks(broker: dramatiq.Broker) -> None:
         if not isinstance(ids, set):
             return consumer
         pending = cast("set[str]", ids)  # dramatiq's message ids of fetched deliveries
-        ack = consumer.ack
+        ack, nack = consumer.ack, consumer.nack
 
         def ack_unless_done(message: MessageProxy) -> None:
             if getattr(message, _ACKED, False):
                 pending.discard(message.message_id)
             else:
-                ack(message)
+                _until_recorded(lambda: ack(message))
 
         consumer.ack = ack_unless_done  # type: ignore[method-assign]
+        consumer.nack = lambda message: _until_recorded(lambda: nack(message))  # type: ignore[method-assign]
         queue: object = getattr(consumer, "queue_name", None)
         fetch: object = getattr(getattr(consumer, "broker", None), "do_fetch", None)
         if not hasattr(consumer, "message_cache") or fetch is None or not isinstance(queue, str):
